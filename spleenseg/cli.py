@@ -1,0 +1,21 @@
+"""Helpers shared by the ``fire`` command lines: one clear message and a non-zero exit on user errors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Callable
+
+import fire
+
+from spleenseg.errors import SpleensegError
+
+
+def run_fire(component: Any, name: str | None = None) -> None:
+    """Run a fire CLI; turn :class:`SpleensegError` (and ``ValueError`` from option checks) into exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        fire.Fire(component, name=name)
+    except SpleensegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,15 @@
+"""Exceptions that command lines turn into one clear message and a non-zero exit."""
+
+from __future__ import annotations
+
+
+class SpleensegError(Exception):
+    """Base class: an input or configuration problem the user can fix. The message names file and problem."""
+
+
+class InputError(SpleensegError):
+    """Bad user input: missing/empty/unreadable folder, non-DICOM file, inconsistent series, bad option."""
+
+
+class GeometryError(InputError):
+    """A volume whose geometry cannot be trusted: gaps, duplicate positions, mixed orientation, gantry tilt."""
