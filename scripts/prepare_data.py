@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Data preparation: DICOM files → series groups → NIfTI → MSD-style dataset (thin fire CLI over spleenseg).
+
+Commands (``python scripts/prepare_data.py <command> --help`` for details)::
+
+    group IN OUT [--link] [--slices-per-group N] [--workers N]   sort files into OUT/<patient>/<study>/<series>/
+    to_nifti IN OUT [--resample] [--modality CT] [--keep-localizers] [--workers N]   one .nii.gz + .json per series
+    labels LABEL IMAGE OUT                                       SEG / NIfTI / NRRD label -> image grid
+    dataset IMAGES LABELS OUT [--val-fraction 0.2] [--seed 0] [--flip-lr] [--spleen-label 1]
+    download_msd OUT [--url URL] [--md5 MD5]                     Task09_Spleen via MONAI, MD5-checked
+    check_orientation LABEL [IMAGE]                              is the spleen on the patient's left?
+
+Errors print one line naming the file and the problem and exit with status 2. Inputs are never changed.
+"""
+
+from __future__ import annotations
+
+import os
+
+from spleenseg.cli import run_fire
+
+
+def _workers(workers: int | None) -> int:
+    return max(1, workers if workers else (os.cpu_count() or 1))
+
+
+def group(in_dir: str, out_dir: str, link: bool = False, slices_per_group: int | None = None,
+          workers: int | None = None) -> str:
+    """Scan IN (headers only), group by Patient/Study/Series UID (split by orientation/size/acquisition),
+    copy (or --link) the files to OUT/<patient>/<study>/<series>/ and write OUT/manifest.json."""
+    from spleenseg.dicom.convert import group_folder
+
+    groups = group_folder(in_dir, out_dir, link=link, slices_per_group=slices_per_group, workers=_workers(workers))
+    return f"{len(groups)} series -> {out_dir}/manifest.json"
+
+
+def to_nifti(in_dir: str, out_dir: str, resample: bool = False, modality: str | None = None,
+             keep_localizers: bool = False, workers: int | None = None) -> str:
+    """Convert each series in IN (a `group` output or any DICOM folder) to OUT/<series>.nii.gz + .json.
+    Irregular spacing or gantry tilt is an error unless --resample (linear, onto a uniform grid).
+    Scouts are skipped unless --keep-localizers; --modality CT keeps only CT series."""
+    from spleenseg.dicom.convert import convert_folder
+
+    written = convert_folder(in_dir, out_dir, resample=resample, modality=modality,
+                             keep_localizers=keep_localizers, workers=_workers(workers))
+    return f"{len(written)} volume(s) written to {out_dir}"
+
+
+def labels(label: str, image: str, out: str) -> str:
+    """Write LABEL (DICOM SEG, NIfTI or NRRD) as a NIfTI label map aligned voxel for voxel with IMAGE
+    (the DICOM series folder or its NIfTI)."""
+    from spleenseg.dicom.convert import labels_to_nifti
+
+    return labels_to_nifti(label, image, out)
+
+
+def dataset(images: str, labels: str, out: str, val_fraction: float = 0.2, seed: int = 0,
+            flip_lr: bool = False, spleen_label: int | None = None, name: str = "Task09_Spleen") -> str:
+    """Build OUT/imagesTr, labelsTr, imagesTs and dataset.json (seeded train/validation split) after
+    validating every pair. --flip-lr mirrors the header of cases whose spleen lies on the patient's right."""
+    from spleenseg.dataset import build_dataset
+
+    meta = build_dataset(images, labels, out, val_fraction=val_fraction, seed=seed, flip_lr=flip_lr,
+                         spleen_label=spleen_label, name=name)
+    s = meta["split"]
+    return f"{out}/dataset.json: {s['n_train']} training, {s['n_val']} validation, {meta['numTest']} test"
+
+
+def download_msd(out: str, url: str | None = None, md5: str | None = None) -> str:
+    """Download Task09_Spleen.tar with MONAI's download_and_extract (MD5 checked) and extract to OUT."""
+    from spleenseg.dataset import MSD_SPLEEN_MD5, MSD_SPLEEN_URL
+    from spleenseg.dataset import download_msd as _download
+
+    return str(_download(out, url=url or MSD_SPLEEN_URL, md5=md5 or MSD_SPLEEN_MD5))
+
+
+def check_orientation(label: str, image: str | None = None, spleen_label: int = 1) -> str:
+    """Report on which side of the patient the spleen of LABEL lies (warning when on the right)."""
+    from spleenseg.orientation import check_spleen_left
+
+    r = check_spleen_left(label, image, spleen_value=spleen_label)
+    return f"{label}: spleen on the patient's {r.side}" + (
+        f" ({r.offset_mm:+.0f} mm from the body midline)" if r.offset_mm is not None else "")
+
+
+COMMANDS = {"group": group, "to_nifti": to_nifti, "labels": labels, "dataset": dataset,
+            "download_msd": download_msd, "check_orientation": check_orientation}
+
+if __name__ == "__main__":
+    run_fire(COMMANDS, name="prepare_data.py")

@@ -1,0 +1,186 @@
+"""MSD-style dataset: ``imagesTr/ labelsTr/ imagesTs/ dataset.json`` with a seeded training/validation split.
+
+Every image/label pair is validated before anything is written (same shape and affine, label values in
+{0, 1}, spleen on the patient's left); the dataset is built in a temporary folder and moved into place.
+``dataset.json`` follows the Medical Segmentation Decathlon layout and adds ``validation``, so MONAI's
+``load_decathlon_datalist(path, True, "training")`` / ``"validation"`` give the bundle's datalists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from spleenseg.dicom.nifti import save_nifti, write_json
+from spleenseg.errors import GeometryError, InputError
+from spleenseg.orientation import check_spleen_left, flip_lr_header
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: Label file names may carry one of these before the extension (``case_label.nii.gz`` ↔ ``case.nii.gz``).
+LABEL_TAGS = ("_label", "_labels", "_seg", "_mask", "_spleen")
+AFFINE_ATOL_MM = 1e-3
+
+
+@dataclass
+class Pair:
+    """One training case: an image and its label (same stem)."""
+
+    case: str
+    image: Path
+    label: Path
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _case_of_label(path: Path) -> str:
+    stem = _stem(path)
+    for tag in LABEL_TAGS:
+        if stem.endswith(tag):
+            return stem[: -len(tag)]
+    return stem
+
+
+def _nifti_files(folder: str | os.PathLike, what: str) -> list[Path]:
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"{root}: {what} folder does not exist")
+    files = sorted(p for p in root.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+    if not files:
+        raise InputError(f"{root}: no NIfTI files (.nii/.nii.gz) in the {what} folder")
+    return files
+
+
+def pair_files(images: str | os.PathLike, labels: str | os.PathLike) -> tuple[list[Pair], list[Path]]:
+    """Match images with labels by case name; images without a label become test images."""
+    label_by_case = {}
+    for lab in _nifti_files(labels, "labels"):
+        case = _case_of_label(lab)
+        if case in label_by_case:
+            raise InputError(f"{lab}: a second label for case {case!r} (first: {label_by_case[case]})")
+        label_by_case[case] = lab
+    pairs, tests = [], []
+    for img in _nifti_files(images, "images"):
+        case = _stem(img)
+        if case in label_by_case:
+            pairs.append(Pair(case, img, label_by_case.pop(case)))
+        else:
+            tests.append(img)
+    if label_by_case:
+        raise InputError(f"labels without an image: {', '.join(str(p) for p in label_by_case.values())}")
+    if not pairs:
+        raise InputError(f"{images}: no image has a matching label in {labels}")
+    return pairs, tests
+
+
+def validate_pair(image: nib.Nifti1Image, label: nib.Nifti1Image, case: str) -> None:
+    """Same grid (shape, affine within 1e-3 mm) and label values in {0, 1}; :class:`GeometryError` otherwise."""
+    if image.shape[:3] != label.shape[:3] or len(label.shape) != 3:
+        raise GeometryError(f"case {case}: image shape {image.shape} and label shape {label.shape} differ "
+                            "(use `prepare_data.py labels` to resample the label into the image grid)")
+    diff = float(np.abs(image.affine - label.affine).max())
+    if diff > AFFINE_ATOL_MM:
+        raise GeometryError(f"case {case}: image and label affines differ by up to {diff:.4f} mm; they are "
+                            "not aligned voxel for voxel")
+    values = np.unique(np.asarray(label.dataobj))
+    if not set(values.tolist()) <= {0, 1}:
+        raise InputError(f"case {case}: label values {values.tolist()[:10]} are not a subset of {{0, 1}} "
+                         "(spleen = 1); select the spleen label first")
+
+
+def split_cases(cases: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded shuffle, then the last ``round(n * val_fraction)`` cases (at least 1 when n > 1) validate."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    order = sorted(cases)
+    random.Random(seed).shuffle(order)
+    n_val = int(round(len(order) * val_fraction))
+    if val_fraction > 0 and len(order) > 1:
+        n_val = min(max(n_val, 1), len(order) - 1)
+    return sorted(order[: len(order) - n_val]), sorted(order[len(order) - n_val:])
+
+
+def _entry(case: str) -> dict[str, str]:
+    return {"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"}
+
+
+def build_dataset(images: str | os.PathLike, labels: str | os.PathLike, out: str | os.PathLike, *,
+                  val_fraction: float = 0.2, seed: int = 0, flip_lr: bool = False, spleen_label: int | None = None,
+                  name: str = "Task09_Spleen",
+                  description: str = "Spleen segmentation (CT)", progress: bool = True) -> dict[str, Any]:
+    """Validate every pair, then write the dataset to ``out`` (must not exist or be empty). Returns dataset.json.
+
+    ``flip_lr``: mirror the header (image and label together) of cases whose spleen lies on the patient's
+    right, the MSD spleen_8 problem; without it such cases are written as they are, with a warning.
+    ``spleen_label``: for multi-organ label maps (e.g. TotalSegmentator, spleen = 1), keep only that value as 1.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"{out}: output folder exists and is not empty; choose a new one")
+    pairs, tests = pair_files(images, labels)
+    loaded = []
+    flipped = []
+    for pair in tqdm(pairs, desc="validating pairs", unit="case", disable=not progress):
+        img, lab = nib.load(pair.image), nib.load(pair.label)
+        if spleen_label is not None:
+            lab = nib.Nifti1Image((np.asarray(lab.dataobj) == spleen_label).astype(np.uint8), lab.affine, lab.header)
+        validate_pair(img, lab, pair.case)
+        side = check_spleen_left(lab, img, name=str(pair.label))
+        if side.side == "right" and flip_lr:
+            img, lab = flip_lr_header(img), flip_lr_header(lab, img.shape, img.affine)
+            flipped.append(pair.case)
+            log.warning("case %s: header mirrored left/right (--flip-lr)", pair.case)
+        loaded.append((pair, img, lab))
+    train, val = split_cases([p.case for p in pairs], val_fraction, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        for pair, img, lab in tqdm(loaded, desc="writing dataset", unit="case", disable=not progress):
+            _write_case(img, tmp / "imagesTr" / f"{pair.case}.nii.gz", pair.image, pair.case in flipped)
+            save_nifti(nib.Nifti1Image(np.asarray(lab.dataobj).astype(np.uint8), lab.affine, lab.header),
+                       tmp / "labelsTr" / f"{pair.case}.nii.gz")
+        for img_path in tests:
+            _write_case(nib.load(img_path), tmp / "imagesTs" / f"{_stem(img_path)}.nii.gz", img_path, False)
+        meta = {
+            "name": name, "description": description, "tensorImageSize": "3D", "modality": {"0": "CT"},
+            "labels": {"0": "background", "1": "spleen"}, "numTraining": len(pairs), "numTest": len(tests),
+            "training": [_entry(c) for c in train], "validation": [_entry(c) for c in val],
+            "test": [f"./imagesTs/{_stem(p)}.nii.gz" for p in tests],
+            "split": {"seed": seed, "val_fraction": val_fraction, "n_train": len(train), "n_val": len(val)},
+            "flipped_lr": flipped,
+        }
+        write_json(meta, tmp / "dataset.json")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("dataset %s: %d training, %d validation, %d test cases", out, len(train), len(val), len(tests))
+    return meta
+
+
+def _write_case(img: nib.Nifti1Image, dst: Path, src: Path, modified: bool) -> None:
+    """Copy a NIfTI as ``.nii.gz`` (re-encode only when needed: flipped header or ``.nii`` input)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not modified and src.name.endswith(".nii.gz"):
+        shutil.copy2(src, dst)
+    else:
+        save_nifti(img, dst)

@@ -1,0 +1,123 @@
+"""Label sources → label maps aligned voxel for voxel with their image.
+
+- DICOM SEG: read with highdicom, checked against the source series UIDs, and placed into the image grid
+  with ``Volume.match_geometry`` (pad/crop/permute only, never resampled: a SEG is defined on the image grid).
+- NIfTI / NRRD label maps in another grid: nearest-neighbour resampling into the image grid, after checking that
+  the label's foreground lies inside the image (otherwise the two do not cover the same space).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+
+from spleenseg.errors import GeometryError, InputError
+
+log = logging.getLogger(__name__)
+
+#: LPS (DICOM, NRRD "left-posterior-superior") → RAS (NIfTI) on the world side of an affine.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def referenced_series_uids(seg: hd.seg.Segmentation) -> set[str]:
+    """Series Instance UIDs the SEG says it was drawn on."""
+    uids = {str(item.SeriesInstanceUID) for item in seg.get("ReferencedSeriesSequence", [])}
+    for study in seg.get("StudiesContainingOtherReferencedInstancesSequence", []):
+        uids |= {str(item.SeriesInstanceUID) for item in study.get("ReferencedSeriesSequence", [])}
+    return uids
+
+
+def read_seg_labels(seg_path: str | os.PathLike, image: hd.Volume, image_series_uid: str | None = None,
+                    ) -> hd.Volume:
+    """A DICOM SEG as a label map (uint8, 0 = background, segment number elsewhere) in ``image``'s grid.
+
+    ``image`` is the source series as a :class:`highdicom.Volume` (from :func:`load_series_volume`). When
+    ``image_series_uid`` is given, the SEG must reference that series (else :class:`InputError`).
+    """
+    try:
+        seg = hd.seg.segread(seg_path)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{seg_path}: not a readable DICOM SEG ({exc})") from exc
+    refs = referenced_series_uids(seg)
+    if image_series_uid and refs and image_series_uid not in refs:
+        raise InputError(f"{seg_path}: the SEG references series {sorted(refs)}, not the image series "
+                         f"{image_series_uid}")
+    try:
+        labels = seg.get_volume(combine_segments=True, dtype=np.uint8)
+    except (ValueError, RuntimeError) as exc:
+        raise GeometryError(f"{seg_path}: the SEG frames do not form one regular volume: {exc}") from exc
+    if labels.frame_of_reference_uid and image.frame_of_reference_uid and \
+            labels.frame_of_reference_uid != image.frame_of_reference_uid:
+        raise InputError(f"{seg_path}: frame of reference {labels.frame_of_reference_uid} differs from the "
+                         f"image's {image.frame_of_reference_uid}")
+    try:
+        return labels.match_geometry(image.get_geometry() if hasattr(image, "get_geometry") else image)
+    except RuntimeError as exc:
+        raise GeometryError(f"{seg_path}: the SEG grid cannot be placed on the image grid without resampling "
+                            f"({exc})") from exc
+
+
+def load_label_image(path: str | os.PathLike) -> nib.Nifti1Image:
+    """Read a NIfTI or NRRD label map as a nibabel image with a RAS affine."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such label file")
+    if path.suffix == ".nrrd":
+        return _nrrd_as_nifti(path)
+    try:
+        return nib.load(path)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{path}: not a readable NIfTI label map ({exc})") from exc
+
+
+def _nrrd_as_nifti(path: Path) -> nib.Nifti1Image:
+    """NRRD → NIfTI: the NRRD 'space directions' are columns per axis in the named space (LPS or RAS)."""
+    import nrrd
+
+    data, header = nrrd.read(str(path))
+    space = str(header.get("space", "")).lower()
+    if data.ndim != 3 or "space directions" not in header or "space origin" not in header:
+        raise InputError(f"{path}: NRRD label map must be 3D with 'space directions' and 'space origin'")
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(header["space directions"], float).T  # row i of the header = axis i
+    affine[:3, 3] = np.asarray(header["space origin"], float)
+    if space in ("left-posterior-superior", "lps"):
+        affine = LPS_TO_RAS @ affine
+    elif space not in ("right-anterior-superior", "ras"):
+        raise InputError(f"{path}: NRRD space {space!r} is not LPS or RAS; cannot place it in the patient")
+    return nib.Nifti1Image(np.asarray(data), affine)
+
+
+def resample_label_to_image(label: nib.Nifti1Image, image: nib.Nifti1Image, name: str = "label",
+                            atol_mm: float = 1e-3) -> nib.Nifti1Image:
+    """Nearest-neighbour resampling of a label map into the image grid (identity when the grids agree).
+
+    Raises :class:`GeometryError` when some labelled voxels fall outside the image: then the two files do
+    not cover the same space (wrong pairing, or a mirrored / shifted header).
+    """
+    data = np.asarray(label.dataobj)
+    if label.shape[:3] == image.shape[:3] and np.allclose(label.affine, image.affine, atol=atol_mm):
+        return nib.Nifti1Image(data.astype(np.uint8), image.affine, image.header)
+    # where does each labelled voxel land in the image?
+    fg = np.argwhere(data > 0)
+    if fg.size:
+        world_to_img = np.linalg.inv(image.affine) @ label.affine
+        idx = fg @ world_to_img[:3, :3].T + world_to_img[:3, 3]
+        inside = np.all((idx > -0.5) & (idx < np.array(image.shape[:3]) - 0.5), axis=1)
+        if inside.mean() < 0.99:
+            raise GeometryError(f"{name}: {100 * (1 - inside.mean()):.1f}% of the labelled voxels fall outside "
+                                "the image; label and image do not cover the same space")
+    ijk = np.indices(image.shape[:3]).reshape(3, -1)
+    img_to_label = np.linalg.inv(label.affine) @ image.affine
+    coords = np.rint(img_to_label[:3, :3] @ ijk + img_to_label[:3, 3:4]).astype(np.int64)  # nearest neighbour
+    valid = np.all((coords >= 0) & (coords < np.array(data.shape[:3])[:, None]), axis=0)
+    out = np.zeros(ijk.shape[1], dtype=data.dtype)
+    out[valid] = data[tuple(coords[:, valid])]
+    out = out.reshape(image.shape[:3])
+    log.info("%s: resampled (nearest neighbour) from %s into the image grid %s", name, label.shape, image.shape)
+    return nib.Nifti1Image(out.astype(np.uint8), image.affine, image.header)
