@@ -1,0 +1,157 @@
+"""Slice panels (image / reference / prediction / overlay) and an animated GIF through the slices.
+
+Display convention (radiological, as on a PACS): axial slices seen from the feet, so the patient's right is on
+the viewer's left and anterior is at the top. Volumes are first brought to RAS with nibabel (closest canonical)
+so any input orientation (LPS, RAS, flipped) is drawn the same way; R/L/A/P markers are printed on every panel.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+#: Soft-tissue CT window (level 40 HU, width 400 HU), the usual abdominal reading window.
+WINDOW = (-160.0, 240.0)
+REF_RGB = (0, 200, 0)  # reference: green
+PRED_RGB = (255, 60, 60)  # prediction: red
+
+
+@dataclass
+class RasVolume:
+    """A volume in RAS voxel order (see :func:`load_ras`) with its voxel size in mm and affine."""
+
+    data: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+
+
+def load_ras(path: str | Path) -> RasVolume:
+    """Load a NIfTI and reorder its voxels to RAS (axis 0 → patient Right, 1 → Anterior, 2 → Superior)."""
+    img = nib.as_closest_canonical(nib.load(str(path)))
+    return RasVolume(np.asanyarray(img.dataobj), tuple(float(z) for z in img.header.get_zooms()[:3]), img.affine)
+
+
+def to_display(slice_xy: np.ndarray) -> np.ndarray:
+    """RAS axial slice (x, y) → screen rows/cols: anterior at top, patient's right on the viewer's left."""
+    # rows: y from anterior (high) to posterior; cols: x from right (high) to left (low)
+    return slice_xy.T[::-1, ::-1]
+
+
+def window(image: np.ndarray, lo_hi: tuple[float, float] = WINDOW) -> np.ndarray:
+    """HU → 0..1 grey levels in the given window."""
+    lo, hi = lo_hi
+    return np.clip((image.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def choose_slices(mask: np.ndarray, n: int = 3) -> list[int]:
+    """``n`` axial slices spread over the mask's extent (largest area in the middle); centre slices if empty."""
+    area = mask.reshape(-1, mask.shape[2]).sum(0)
+    zs = np.flatnonzero(area)
+    if zs.size == 0:
+        return sorted({int(round(q * (mask.shape[2] - 1))) for q in np.linspace(0.3, 0.7, n)})
+    quantiles = np.linspace(0.2, 0.8, n) if n > 1 else [0.5]
+    chosen = {int(zs[int(round(q * (zs.size - 1)))]) for q in quantiles}
+    chosen.add(int(np.argmax(area)))
+    return sorted(chosen)[:n] if len(chosen) > n else sorted(chosen)
+
+
+def _markers(ax: plt.Axes) -> None:
+    kw = dict(transform=ax.transAxes, color="yellow", fontsize=11, fontweight="bold", ha="center", va="center")
+    ax.text(0.04, 0.5, "R", **kw)
+    ax.text(0.96, 0.5, "L", **kw)
+    ax.text(0.5, 0.96, "A", **kw)
+    ax.text(0.5, 0.04, "P", **kw)
+
+
+def _save(fig: plt.Figure, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=out.suffix)
+    os.close(fd)
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def slice_panel(
+    image: RasVolume, reference: RasVolume | None, prediction: RasVolume, z: int, out_png: str | Path, title: str = ""
+) -> Path:
+    """One PNG: CT, reference mask, predicted mask and an overlay (reference outline green, prediction red)."""
+    sx, sy, sz = image.spacing
+    aspect = sy / sx
+    grey = to_display(window(image.data[:, :, z]))
+    pred = to_display(prediction.data[:, :, z] > 0)
+    ref = to_display(reference.data[:, :, z] > 0) if reference is not None else None
+    panels = [("CT (W400/L40)", None), ("reference", ref), ("prediction", pred), ("overlay", None)]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.6))
+    for ax, (name, mask) in zip(axes, panels):
+        ax.imshow(grey, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
+        if mask is not None:
+            colour = REF_RGB if name == "reference" else PRED_RGB
+            ax.imshow(np.ma.masked_where(~mask, mask), cmap=ListedColormap([np.array(colour) / 255]),
+                      alpha=0.55, aspect=aspect, interpolation="nearest")
+        if name == "overlay":
+            ax.imshow(np.ma.masked_where(~pred, pred), cmap=ListedColormap([np.array(PRED_RGB) / 255]),
+                      alpha=0.45, aspect=aspect, interpolation="nearest")
+            if ref is not None and ref.any():
+                ax.contour(ref.astype(float), levels=[0.5], colors=[np.array(REF_RGB) / 255], linewidths=1.5)
+        ax.set_title(name)
+        ax.set_xlabel("patient right  \u2190  x  \u2192  patient left")
+        ax.set_ylabel("posterior  \u2190  y  \u2192  anterior")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        _markers(ax)
+    z_mm = float((image.affine @ np.array([0, 0, z, 1]))[2])
+    fig.suptitle(f"{title}  axial slice {z} (z = {z_mm:.1f} mm)  green = reference, red = prediction")
+    fig.tight_layout()
+    return _save(fig, Path(out_png))
+
+
+def _rgb_frame(image: RasVolume, reference: RasVolume | None, prediction: RasVolume, z: int) -> Image.Image:
+    grey = to_display(window(image.data[:, :, z]))
+    rgb = np.repeat((grey * 255).astype(np.float32)[..., None], 3, axis=2)
+    pred = to_display(prediction.data[:, :, z] > 0)
+    rgb[pred] = 0.5 * rgb[pred] + 0.5 * np.array(PRED_RGB)
+    if reference is not None:
+        ref = to_display(reference.data[:, :, z] > 0)
+        edge = ref & ~(np.roll(ref, 1, 0) & np.roll(ref, -1, 0) & np.roll(ref, 1, 1) & np.roll(ref, -1, 1))
+        rgb[edge] = REF_RGB
+    frame = Image.fromarray(rgb.astype(np.uint8))
+    sx, sy, _ = image.spacing
+    scale = max(1, int(round(384 / max(frame.size))))
+    frame = frame.resize((frame.width * scale, int(round(frame.height * scale * sy / sx))), Image.NEAREST)
+    draw = ImageDraw.Draw(frame)
+    w, h = frame.size
+    draw.text((4, h // 2), "R", fill=(255, 255, 0))
+    draw.text((w - 12, h // 2), "L", fill=(255, 255, 0))
+    draw.text((w // 2, 2), "A", fill=(255, 255, 0))
+    draw.text((4, 4), f"slice {z}", fill=(255, 255, 255))
+    return frame
+
+
+def slices_gif(
+    image: RasVolume, reference: RasVolume | None, prediction: RasVolume, out_gif: str | Path,
+    slices: Sequence[int] | None = None, fps: float = 8.0,
+) -> Path:
+    """Animated GIF from inferior to superior through the slices (prediction red, reference outline green)."""
+    out_gif = Path(out_gif)
+    zs = list(slices) if slices is not None else list(range(image.data.shape[2]))
+    frames = [_rgb_frame(image, reference, prediction, z) for z in zs]
+    out_gif.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_gif.parent, prefix=f".{out_gif.stem}.", suffix=".gif")
+    os.close(fd)
+    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    os.replace(tmp, out_gif)
+    return out_gif

@@ -1,0 +1,91 @@
+"""From a checkpoint to pictures: run the bundle's own inference on a few cases, then draw panels and GIFs.
+
+Why through the bundle: the pictures must show what ``inference.json`` produces (same preprocessing, sliding
+window, inversion to the input grid), not a re-implementation that could differ.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from spleenseg.errors import InputError
+from spleenseg.paths import BUNDLE_DIR
+from spleenseg.report.curves import plot_learning_curves, read_metrics
+from spleenseg.report.overlay import choose_slices, load_ras, slice_panel, slices_gif
+
+logger = logging.getLogger(__name__)
+
+
+def _cases(dataset_dir: Path, split: str, n_cases: int) -> list[dict[str, Path | None]]:
+    """Image/label pairs of a dataset split (``test`` uses ``test_labels`` when the dataset has them)."""
+    meta_file = dataset_dir / "dataset.json"
+    if not meta_file.is_file():
+        raise InputError(f"{meta_file}: no dataset.json in the dataset folder")
+    meta = json.loads(meta_file.read_text())
+    if split == "test":
+        labels = meta.get("test_labels") or []
+        items = [{"image": img, "label": labels[i] if i < len(labels) else None} for i, img in enumerate(meta["test"])]
+    else:
+        items = meta.get(split) or []
+    if not items:
+        raise InputError(f"{meta_file}: split {split!r} is empty")
+    return [{k: (dataset_dir / v).resolve() if v else None for k, v in it.items()} for it in items[:n_cases]]
+
+
+def run_bundle_inference(images: list[Path], out_dir: Path, ckpt: Path, **overrides: Any) -> dict[Path, Path]:
+    """Run ``configs/inference.json`` in this process on ``images``; returns image → predicted mask."""
+    from monai.bundle import ConfigWorkflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = Path(tmp) / "in"
+        inputs.mkdir()
+        links = {}
+        for i, img in enumerate(images):
+            link = inputs / f"case{i:03d}_{img.name}"
+            link.symlink_to(img)
+            links[img] = link
+        wf = ConfigWorkflow(config_file=str(BUNDLE_DIR / "configs" / "inference.json"), workflow_type="infer",
+                            logging_file=False, bundle_root=str(BUNDLE_DIR), input_dir=str(inputs),
+                            output_dir=str(out_dir), ckpt_path=str(ckpt), **overrides)
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+    stem = {img: link.name.split(".nii")[0] for img, link in links.items()}
+    return {img: out_dir / f"{stem[img]}_seg.nii.gz" for img in images}
+
+
+def visualize(
+    dataset_dir: str | Path, out_dir: str | Path, ckpt: str | Path = BUNDLE_DIR / "models" / "model.pt",
+    split: str = "validation", n_cases: int = 2, n_slices: int = 3, metrics: str | Path | None = None,
+    gif: bool = True, **overrides: Any,
+) -> list[Path]:
+    """Panels (PNG) for ``n_slices`` slices of ``n_cases`` cases, one GIF per case, and the learning curves.
+
+    ``overrides`` go to ``inference.json`` (e.g. ``pixdim``, ``roi_size``) and must match how the model was
+    trained.
+    """
+    dataset_dir, out_dir, ckpt = Path(dataset_dir), Path(out_dir), Path(ckpt)
+    if not ckpt.is_file():
+        raise InputError(f"{ckpt}: checkpoint does not exist")
+    cases = _cases(dataset_dir, split, n_cases)
+    preds = run_bundle_inference([c["image"] for c in cases], out_dir / "predictions", ckpt, **overrides)
+    written: list[Path] = []
+    for case in cases:
+        image = load_ras(case["image"])
+        pred = load_ras(preds[case["image"]])
+        ref = load_ras(case["label"]) if case["label"] else None
+        name = case["image"].name.split(".nii")[0]
+        for z in choose_slices((ref or pred).data > 0, n_slices):
+            written.append(slice_panel(image, ref, pred, z, out_dir / f"{name}_slice{z:03d}.png", title=name))
+        if gif:
+            written.append(slices_gif(image, ref, pred, out_dir / f"{name}.gif"))
+    if metrics:
+        written.append(plot_learning_curves(read_metrics(metrics), out_dir / "learning_curves.png"))
+    for path in written:
+        logger.info("wrote %s", path)
+    return written

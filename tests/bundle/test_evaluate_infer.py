@@ -1,0 +1,169 @@
+"""Evaluation in the original label space and inference in the input's exact grid, checked in patient space.
+
+Every voxel path here is checked in world (RAS) coordinates: a mirrored or shifted mask must fail a test.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bundle_util import TINY, TrainRun, config_arg, run_bundle
+
+METRICS = ["val_mean_dice", "val_hd95_mm", "val_surface_dice_1mm", "val_pred_volume_ml", "val_ref_volume_ml"]
+
+
+def _test_case(cohort: Path) -> tuple[Path, Path]:
+    """The cohort's held-out test image and its label (kept apart in labelsTs)."""
+    meta = json.loads((cohort / "dataset.json").read_text())
+    return (cohort / meta["test"][0]).resolve(), (cohort / meta["test_labels"][0]).resolve()
+
+
+def _infer(run: TrainRun, out: Path, *inputs: str) -> None:
+    run_bundle(["run", "--config_file", config_arg("inference"), "--ckpt_path", str(run.model),
+                "--output_dir", str(out), *inputs, *TINY])
+
+
+def _world_centroid(img: nib.Nifti1Image) -> np.ndarray:
+    """Centroid of the non-zero voxels in RAS mm."""
+    ijk = np.argwhere(np.asarray(img.dataobj) > 0)
+    assert len(ijk), "empty mask"
+    return nib.affines.apply_affine(img.affine, ijk.mean(0))
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def _relabel(img: nib.Nifti1Image, ornt_to: str) -> nib.Nifti1Image:
+    """The same physical image stored with another axis order/direction (e.g. LPS): voxels move, world stays."""
+    start = nib.orientations.io_orientation(img.affine)
+    target = nib.orientations.axcodes2ornt(tuple(ornt_to))
+    xform = nib.orientations.ornt_transform(start, target)
+    data = nib.orientations.apply_orientation(np.asarray(img.dataobj), xform)
+    affine = img.affine @ nib.orientations.inv_ornt_aff(xform, img.shape)
+    return nib.Nifti1Image(data, affine)
+
+
+def _oblique(img: nib.Nifti1Image, degrees: float = 20.0) -> nib.Nifti1Image:
+    """The same voxels under an affine rotated about the body's long axis (an oblique acquisition)."""
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    rot = np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    return nib.Nifti1Image(np.asarray(img.dataobj), rot @ img.affine)
+
+
+def test_evaluate_csv_has_every_metric_in_label_space(trained_run: TrainRun, tmp_path: Path) -> None:
+    """Held-out test split (labels from ``test_labels``): one row per case, every metric, values in mm/mL."""
+    out = tmp_path / "eval"
+    run_bundle(["run", "--config_file", config_arg("train", "evaluate"), "--dataset_dir", str(trained_run.dataset_dir),
+                "--ckpt_dir", str(trained_run.ckpt_dir), "--output_dir", str(out), "--eval_split", "test", *TINY])
+    with (out / "metrics_per_case.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["case", *METRICS]
+    cases = [r for r in rows if r["case"] not in ("mean", "std", "median")]
+    assert [r["case"] for r in rows[len(cases):]] == ["mean", "std", "median"]
+    meta = json.loads((trained_run.dataset_dir / "dataset.json").read_text())
+    assert len(cases) == len(meta["test"]) == len(meta["test_labels"])
+    for row, image, label_file in zip(cases, meta["test"], meta["test_labels"]):
+        assert Path(row["case"]).name == Path(image).name
+        # the reference volume is measured on the ORIGINAL label file, not on a resampled copy
+        label = nib.load(trained_run.dataset_dir / label_file)
+        ref_ml = (np.asarray(label.dataobj) > 0).sum() * abs(np.linalg.det(label.affine[:3, :3])) / 1000.0
+        assert float(row["val_ref_volume_ml"]) == pytest.approx(ref_ml, rel=1e-4)
+        assert 0.5 < float(row["val_mean_dice"]) <= 1.0
+        assert 0.0 <= float(row["val_surface_dice_1mm"]) <= 1.0
+        assert 0.0 <= float(row["val_hd95_mm"]) < 60.0
+        assert float(row["val_pred_volume_ml"]) == pytest.approx(ref_ml, rel=0.6)
+    for name in METRICS:  # MONAI's own per-metric files are there too
+        assert (out / f"{name}_raw.csv").is_file()
+    assert {line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()} == set(METRICS)
+
+
+def test_inference_grid_and_left_side_for_ras_lps_oblique(trained_run: TrainRun, tmp_path: Path) -> None:
+    image_path, label_path = _test_case(trained_run.dataset_dir)
+    src = nib.load(image_path)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    variants = {"ras": src, "lps": _relabel(src, "LPS"), "oblique": _oblique(src)}
+    for name, img in variants.items():
+        nib.save(img, inputs / f"{name}.nii.gz")
+    assert nib.aff2axcodes(variants["lps"].affine) == ("L", "P", "S")
+    out = tmp_path / "out"
+    _infer(trained_run, out, "--input_dir", str(inputs))
+    assert sorted(p.name for p in out.iterdir()) == [f"{n}_seg.nii.gz" for n in sorted(variants)]
+
+    preds = {}
+    for name, img in variants.items():
+        pred = nib.load(out / f"{name}_seg.nii.gz")
+        assert pred.shape == img.shape, name
+        np.testing.assert_allclose(pred.affine, img.affine, atol=1e-4, err_msg=name)
+        assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
+        preds[name] = pred
+
+    # LPS is a pure voxel permutation of the same physical image: the mask must be the same in patient space
+    lps_back = _relabel(preds["lps"], "".join(nib.aff2axcodes(src.affine)))
+    np.testing.assert_allclose(lps_back.affine, src.affine, atol=1e-4)
+    assert _dice(np.asarray(lps_back.dataobj) > 0, np.asarray(preds["ras"].dataobj) > 0) > 0.99
+
+    # the spleen is where the reference says and on the patient's LEFT (RAS x below the body's centre)
+    ref = nib.load(label_path)
+    assert _dice(np.asarray(preds["ras"].dataobj) > 0, np.asarray(ref.dataobj) > 0) > 0.6
+    body = nib.Nifti1Image((np.asarray(src.dataobj) > -300).astype(np.uint8), src.affine)
+    body_x = _world_centroid(body)[0]
+    for name in ("ras", "lps"):
+        spleen = _world_centroid(preds[name])
+        assert spleen[0] < body_x - 30.0, f"{name}: spleen centroid x={spleen[0]:.0f} mm not left of {body_x:.0f}"
+        assert np.linalg.norm(spleen - _world_centroid(ref)) < 15.0, name
+
+
+def test_inference_single_file_with_probability(trained_run: TrainRun, tmp_path: Path) -> None:
+    image_path, _ = _test_case(trained_run.dataset_dir)
+    out = tmp_path / "out"
+    _infer(trained_run, out, "--input_file", str(image_path), "--save_prob", "true", "--largest_cc", "false")
+    stem = image_path.name[: -len(".nii.gz")]
+    seg, prob = nib.load(out / f"{stem}_seg.nii.gz"), nib.load(out / f"{stem}_prob.nii.gz")
+    src = nib.load(image_path)
+    for img in (seg, prob):
+        assert img.shape == src.shape
+        np.testing.assert_allclose(img.affine, src.affine, atol=1e-4)
+    p = prob.get_fdata()
+    assert 0.0 <= p.min() and p.max() <= 1.0 and p.max() > 0.5
+    # argmax of two softmax channels == probability of spleen above one half
+    assert _dice(p > 0.5, np.asarray(seg.dataobj) > 0) > 0.98
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # staging folder cleaned up
+
+
+def test_inference_missing_input_is_one_clear_error(trained_run: TrainRun, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.nii.gz"
+    proc = run_bundle(["run", "--config_file", config_arg("inference"), "--ckpt_path", str(trained_run.model),
+                       "--output_dir", str(tmp_path / "out"), "--input_file", str(missing)], check=False)
+    assert proc.returncode != 0
+    assert f"{missing}: input file does not exist" in proc.stdout + proc.stderr
+
+
+def test_torchrun_evaluate_matches_one_process(trained_run: TrainRun, tmp_path: Path) -> None:
+    """Two gloo processes split the cases; the per-case table is the same as one process would write."""
+    import sys
+
+    tables = {}
+    for name, configs, launcher in (
+        ("one", ("train", "evaluate"), None),
+        ("two", ("train", "evaluate", "multi_gpu_evaluate"),
+         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519"]),
+    ):
+        out = tmp_path / name
+        run_bundle(["run", "--config_file", config_arg(*configs), "--dataset_dir", str(trained_run.dataset_dir),
+                    "--ckpt_dir", str(trained_run.ckpt_dir), "--output_dir", str(out), "--eval_split", "training",
+                    *TINY], launcher=launcher)
+        with (out / "metrics_per_case.csv").open() as fh:
+            tables[name] = {r["case"]: r for r in csv.DictReader(fh) if r["case"] not in ("mean", "std", "median")}
+    assert tables["one"].keys() == tables["two"].keys() and len(tables["one"]) >= 2
+    for case, row in tables["one"].items():
+        for metric in METRICS:
+            assert float(tables["two"][case][metric]) == pytest.approx(float(row[metric]), rel=1e-3, abs=1e-4)

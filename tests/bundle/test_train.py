@@ -1,0 +1,84 @@
+"""Training through ``python -m monai.bundle run``: outputs, resume at the exact epoch, multi-process (gloo)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from bundle_util import TRAIN_TINY, TrainRun, config_arg, run_bundle
+
+
+def _epoch_checkpoint(run: TrainRun, epoch: int) -> dict:
+    return torch.load(run.output_dir / "checkpoints" / f"checkpoint_epoch={epoch}.pt", weights_only=True)
+
+
+def test_train_writes_model_metrics_and_curves(short_run: TrainRun) -> None:
+    assert short_run.model.is_file()
+    state = torch.load(short_run.model, weights_only=True)
+    assert "model.0.conv.unit0.conv.weight" in state  # a plain UNet state_dict, what ckpt_export expects
+    rows = short_run.metrics()
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        assert 0.0 < row["train_loss"] < 2.0
+        assert 0.0 <= row["val_mean_dice"] <= 1.0
+        assert row["lr"] > 0
+    csv_lines = (short_run.output_dir / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].split(",")[:2] == ["epoch", "train_loss"] and "val_mean_dice" in csv_lines[0]
+    assert len(csv_lines) == 3
+    png = short_run.output_dir / "learning_curves.png"
+    with Image.open(png) as img:
+        assert img.format == "PNG" and img.size[0] > 600
+    assert list((short_run.output_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_continues_at_epoch_3_with_optimizer_state(short_run: TrainRun, tmp_path: Path) -> None:
+    run = TrainRun(output_dir=tmp_path / "train", ckpt_dir=tmp_path / "models", dataset_dir=short_run.dataset_dir)
+    shutil.copytree(short_run.output_dir, run.output_dir)
+    shutil.copytree(short_run.ckpt_dir, run.ckpt_dir)
+    before = _epoch_checkpoint(run, 2)
+    steps_per_epoch = before["trainer"]["epoch_length"]
+    assert before["trainer"]["epoch"] if "epoch" in before["trainer"] else True
+
+    run_bundle(["run", "--config_file", config_arg("train"), "--dataset_dir", str(run.dataset_dir),
+                "--output_dir", str(run.output_dir), "--ckpt_dir", str(run.ckpt_dir), "--epochs", "3",
+                "--val_interval", "1", "--resume", "true", *TRAIN_TINY])
+
+    rows = run.metrics()
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[:2] == short_run.metrics()  # history kept, not restarted
+    after = _epoch_checkpoint(run, 3)
+    assert after["trainer"]["iteration"] == 3 * steps_per_epoch
+    # Adam's step counter continues from the restored state: a fresh optimizer would be at 1 epoch of steps
+    step_before = before["optimizer"]["state"][0]["step"].item()
+    step_after = after["optimizer"]["state"][0]["step"].item()
+    assert step_before == 2 * steps_per_epoch and step_after == 3 * steps_per_epoch
+    assert after["lr_scheduler"]["last_epoch"] == 3
+    # the best-model tracker survived: its saved entry is still there (not forgotten and re-started)
+    assert after["best_model_saver"]["_saved"]
+
+
+def test_resume_without_checkpoint_is_an_error(tiny_cohort: Path, tmp_path: Path) -> None:
+    proc = run_bundle(["run", "--config_file", config_arg("train"), "--dataset_dir", str(tiny_cohort),
+                       "--output_dir", str(tmp_path / "train"), "--ckpt_dir", str(tmp_path / "models"),
+                       "--epochs", "1", "--resume", "true", *TRAIN_TINY], check=False)
+    assert proc.returncode != 0
+    assert "no checkpoint_epoch=N.pt to resume from" in proc.stdout + proc.stderr
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+
+def test_torchrun_two_processes_one_epoch_on_cpu(tiny_cohort: Path, tmp_path: Path) -> None:
+    out, models = tmp_path / "train", tmp_path / "models"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
+    run_bundle(["run", "--config_file", config_arg("train", "multi_gpu_train"), "--dataset_dir", str(tiny_cohort),
+                "--output_dir", str(out), "--ckpt_dir", str(models), "--epochs", "1", "--val_interval", "1",
+                *TRAIN_TINY], launcher=torchrun, timeout=300)
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1] and 0.0 <= rows[0]["val_mean_dice"] <= 1.0
+    state = torch.load(models / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)  # saved unwrapped, loadable without DDP
+    assert len(list((out / "tensorboard").glob("events.*"))) == 2  # rank 0 only (trainer + validator)
