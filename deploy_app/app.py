@@ -1,0 +1,78 @@
+"""The MONAI Deploy application: DICOM CT in, DICOM SEG (+ spleen_report.json) out.
+
+Pipeline (SDK operators, subclassed only where the SDK's is wrong or missing; see ``operators/``)::
+
+    loader -> selector -> to_volume -> bundle inference -> SEG writer -> report
+                               \\______ selected series ______/
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from monai.deploy.conditions import CountCondition
+from monai.deploy.core import AppContext, Application, Image
+from monai.deploy.core.io_type import IOType
+from monai.deploy.operators.monai_bundle_inference_operator import BundleConfigNames, IOMapping
+
+from deploy_app.bundle_info import model_identity, read_model_metadata
+from deploy_app.operators import (
+    BundleInferenceOperator,
+    CheckedDICOMDataLoaderOperator,
+    RankedSeriesSelectorOperator,
+    SeriesToVolumeOperator,
+    SpleenReportOperator,
+    SpleenSegWriterOperator,
+)
+from deploy_app.operators.seg_writer import AlgorithmInfo
+
+
+@dataclass
+class AppOptions:
+    """Everything one run needs; ``output_dir`` is where the operators write (run() passes a temp folder)."""
+
+    input_dir: Path
+    output_dir: Path
+    model_path: Path
+    rules_path: Path | None = None
+    all_series: bool = False
+    stl: bool = False
+    nifti: bool = False
+    allow_generated_uids: bool = False
+    start_time: float = field(default_factory=time.perf_counter)
+
+
+class SpleenSegApp(Application):
+    """Segments the spleen in the best axial CT series of each study (or every matching series)."""
+
+    def __init__(self, options: AppOptions) -> None:
+        self.app_options = options
+        super().__init__(["deploy_app"])
+
+    def compose(self):
+        o = self.app_options
+        model = model_identity(read_model_metadata(o.model_path))
+        context = AppContext({"input": str(o.input_dir), "output": str(o.output_dir), "model": str(o.model_path)})
+
+        loader = CheckedDICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=o.input_dir,
+                                                allow_generated_uids=o.allow_generated_uids, name="loader")
+        selector = RankedSeriesSelectorOperator(self, rules_path=o.rules_path, all_matched=o.all_series,
+                                                name="selector")
+        to_volume = SeriesToVolumeOperator(self, name="to_volume")
+        inference = BundleInferenceOperator(
+            self, app_context=context, bundle_config_names=BundleConfigNames(config_names=["inference"]),
+            input_mapping=[IOMapping("image", Image, IOType.IN_MEMORY)],
+            output_mapping=[IOMapping("pred", Image, IOType.IN_MEMORY)], name="inference")
+        writer = SpleenSegWriterOperator(self, output_folder=o.output_dir, name="seg_writer",
+                                         algorithm=AlgorithmInfo(model["name"], model["version"]))
+        report = SpleenReportOperator(self, output_folder=o.output_dir, model=model, start_time=o.start_time,
+                                      stl=o.stl, nifti=o.nifti, name="report")
+
+        self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
+        self.add_flow(selector, to_volume, {("study_selected_series_list", "study_selected_series_list")})
+        self.add_flow(to_volume, inference, {("image", "image")})
+        self.add_flow(to_volume, writer, {("study_selected_series_list", "study_selected_series_list")})
+        self.add_flow(inference, writer, {("pred", "seg_image")})
+        self.add_flow(writer, report, {("seg_record", "seg_record")})

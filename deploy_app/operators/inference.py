@@ -1,0 +1,78 @@
+"""The SDK's bundle inference operator, made to accept a plain bundle folder as the model.
+
+Why: given a bundle *folder* (``configs/`` + ``models/model.pt``, no TorchScript), the SDK's ``AppContext``
+wraps the folder in a generic ``Model`` without a predictor, and ``MonaiBundleInferenceOperator.compute`` then
+calls that model and fails with "A predictor of the model is not set". The SDK already has the code to build
+the network from the bundle config and load ``model.pt``; it just never reaches it in that case. We complete
+the bundle parsing, load the network once into the model's predictor, and let the SDK operator do the rest
+(pre-processing, sliding-window inference, inverted post-processing). TorchScript bundles from
+``monai.bundle ckpt_export`` take the SDK's own path unchanged.
+
+Second fix: the SDK drops ``LoadImage``/``SaveImage`` transforms only *after* parsing the pre/post-processing,
+so their arguments are evaluated anyway; a bundle whose ``SaveImaged`` writes to a computed folder (ours
+stages results under ``runs/infer``) would create folders in the current directory. We remove those
+components from the raw config before anything is parsed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from monai.deploy.operators.monai_bundle_inference_operator import (
+    DISALLOW_LOAD_SAVE,
+    MonaiBundleInferenceOperator,
+    _load_model_from_directory_bundle,
+)
+from spleenseg.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def strip_components(config: Any, disallowed: list[str]) -> Any:
+    """Copy of a raw bundle config without list items whose ``_target_`` names a disallowed transform."""
+    if isinstance(config, dict):
+        return {k: strip_components(v, disallowed) for k, v in config.items()}
+    if isinstance(config, list):
+        return [strip_components(v, disallowed) for v in config
+                if not (isinstance(v, dict) and any(d in str(v.get("_target_", "")) for d in disallowed))]
+    return config
+
+
+class BundleInferenceOperator(MonaiBundleInferenceOperator):
+    """``MonaiBundleInferenceOperator`` that also runs a bundle folder holding a plain ``models/model.pt``."""
+
+    def compute(self, op_input, op_output, context):
+        model = self.app_context.models.get(self._model_name) if self.app_context.models else None
+        if model is not None and Path(model.path).is_dir():
+            if model.predictor is None:
+                self._load_folder_bundle(model)
+        elif model is not None:
+            try:
+                _ = model.predictor  # TorchScript: loaded on first access; a broken file fails here
+            except Exception as exc:  # noqa: BLE001
+                raise InputError(f"{model.path}: cannot load the TorchScript model ({exc})") from exc
+        super().compute(op_input, op_output, context)
+
+    def _get_compose(self, obj_name, disallowed_prefixes):
+        """Parse pre/post-processing from a config that no longer holds Load/SaveImage components."""
+        if not getattr(self, "_config_stripped", False):
+            self._parser.config = strip_components(self._parser.config, DISALLOW_LOAD_SAVE)
+            self._parser.parse(reset=True)
+            self._config_stripped = True
+        return super()._get_compose(obj_name, disallowed_prefixes)
+
+    def _load_folder_bundle(self, model) -> None:
+        with self._lock:
+            if model.predictor is not None:
+                return
+            try:
+                if not self._init_completed:
+                    self.bundle_path = Path(model.path)
+                    self._init_config(self._bundle_config_names.config_names)
+                    self._init_completed = True
+                model.predictor = _load_model_from_directory_bundle(Path(model.path), self._device, self._parser)
+            except Exception as exc:  # noqa: BLE001 - any failure here means "this is not a usable model"
+                raise InputError(f"{model.path}: not a usable MONAI bundle ({type(exc).__name__}: {exc})") from exc
+            log.info("loaded bundle folder %s (network from configs, weights from models/)", model.path)

@@ -1,0 +1,170 @@
+"""DICOM loader that tells the user what went wrong and handles blank UIDs on purpose.
+
+Why not the SDK's ``DICOMDataLoaderOperator`` as is: an empty UID makes it log "Error parsing SOP Instance" and
+drop the file, so a real export with blank Study/Series/SOP Instance UIDs loads as *nothing* and the app later
+fails with "Missing expected input"; an empty SeriesNumber crashes it (``int(None)``); files that are truncated or not DICOM raise arbitrary exceptions or vanish
+with a warning; an empty folder and a folder without DICOM give the same unclear error.
+
+UID policy (documented in docs/notes/deploy.md):
+
+* blank SOP Instance / SOP Class UID: taken from the file meta (MediaStorageSOPInstanceUID/ClassUID), which
+  is the same object's identity, so nothing is invented;
+* blank Study or Series Instance UID: refused by default, because the SEG must carry the source study's UID
+  to be filed with it and must reference the source series. With ``allow_generated_uids`` the app derives a
+  deterministic UID (same input, same UID) from the patient/study/series attributes, logs a WARNING and lists
+  it under ``generated_uids`` in ``spleen_report.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import generate_uid
+
+from monai.deploy.core import Fragment
+from monai.deploy.core.domain.dicom_series import DICOMSeries
+from monai.deploy.core.domain.dicom_study import DICOMStudy
+from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
+from spleenseg.dicom.decode import check_decodable
+from spleenseg.dicom.scan import list_files
+from spleenseg.errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: Keywords that identify a study/series; a blank value is refused unless UIDs may be generated.
+_STUDY_KEYS = ("PatientID", "PatientName", "StudyDate", "StudyTime", "AccessionNumber", "FrameOfReferenceUID")
+_SERIES_KEYS = ("FrameOfReferenceUID", "SeriesNumber", "SeriesDescription", "SeriesTime", "Modality")
+
+
+def _uid(ds: pydicom.Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    return str(value).strip() if value is not None else ""
+
+
+def read_instance(path: str) -> pydicom.Dataset | None:
+    """Full dataset of an image file, or ``None`` with a warning saying why the file is skipped."""
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # noqa: BLE001 - any parser error means "skip this file", reported by name
+        log.warning("%s: skipped, not a readable DICOM file (%s)", path, exc)
+        return None
+    if "PixelData" not in ds:
+        log.info("%s: skipped, no pixel data (SOP class %s)", path, _uid(ds, "SOPClassUID") or "?")
+        return None
+    check_decodable(ds, path)  # a missing JPEG 2000/JPEG-LS decoder is fatal, with the package to install
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and not syntax.is_compressed:
+        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) \
+            * int(ds.BitsAllocated) // 8 * int(ds.get("NumberOfFrames", 1) or 1)
+        if len(ds.PixelData) < expected:
+            log.warning("%s: skipped, truncated pixel data (%d of %d bytes)", path, len(ds.PixelData), expected)
+            return None
+    return ds
+
+
+def fill_instance_uids(ds: pydicom.Dataset, path: str) -> bool:
+    """Copy blank SOP Instance/Class UIDs from the file meta; ``False`` if the file has no identity at all."""
+    meta = getattr(ds, "file_meta", pydicom.Dataset())
+    for keyword, meta_keyword in (("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+                                  ("SOPClassUID", "MediaStorageSOPClassUID")):
+        if not _uid(ds, keyword):
+            if not _uid(meta, meta_keyword):
+                log.warning("%s: skipped, blank %s and no %s in the file meta", path, keyword, meta_keyword)
+                return False
+            setattr(ds, keyword, _uid(meta, meta_keyword))
+    return True
+
+
+def fill_study_series_uids(datasets: list[pydicom.Dataset], allow_generated: bool) -> dict[str, str]:
+    """Handle blank Study/Series Instance UIDs per the module's policy; return {generated UID: keyword}."""
+    blank = [ds for ds in datasets if not _uid(ds, "StudyInstanceUID") or not _uid(ds, "SeriesInstanceUID")]
+    if not blank:
+        return {}
+    example = getattr(blank[0], "filename", "?")
+    missing = sorted({k for ds in blank for k in ("StudyInstanceUID", "SeriesInstanceUID") if not _uid(ds, k)})
+    if not allow_generated:
+        raise InputError(
+            f"{example}: {' and '.join(missing)} blank in {len(blank)} of {len(datasets)} file(s). A DICOM SEG must "
+            f"carry the source study's UID to be filed with it, so the app does not invent one silently. Fix the "
+            f"export, or rerun with --generate-missing-uids to write the SEG under a generated, deterministic UID")
+    generated: dict[str, str] = {}  # generated UID -> keyword
+    counts: dict[str, int] = defaultdict(int)
+    for ds in blank:
+        if not _uid(ds, "StudyInstanceUID"):
+            ds.StudyInstanceUID = generate_uid(entropy_srcs=["study"] + [str(ds.get(k, "")) for k in _STUDY_KEYS])
+            generated[ds.StudyInstanceUID] = "StudyInstanceUID"
+            counts[ds.StudyInstanceUID] += 1
+        if not _uid(ds, "SeriesInstanceUID"):
+            ds.SeriesInstanceUID = generate_uid(
+                entropy_srcs=["series", ds.StudyInstanceUID] + [str(ds.get(k, "")) for k in _SERIES_KEYS])
+            generated[ds.SeriesInstanceUID] = "SeriesInstanceUID"
+            counts[ds.SeriesInstanceUID] += 1
+    for uid, keyword in generated.items():
+        log.warning("GENERATED %s %s for %d file(s) where it was blank (e.g. %s): the SEG will NOT be filed "
+                    "with the original study", keyword, uid, counts[uid], example)
+    return generated
+
+
+class CheckedDICOMDataLoaderOperator(DICOMDataLoaderOperator):
+    """SDK loader with clear errors for empty/non-DICOM input, skipped corrupt files and a blank-UID policy.
+
+    Reuses the SDK's ``DICOMStudy``/``DICOMSeries`` model and its study/series attribute population; only the
+    file reading and grouping (``_load_data``) are replaced.
+    """
+
+    def __init__(self, fragment: Fragment, *args, allow_generated_uids: bool = False, **kwargs) -> None:
+        self._allow_generated_uids = allow_generated_uids
+        super().__init__(fragment, *args, **kwargs)
+
+    def load_data_to_studies(self, input_path: Path) -> list[DICOMStudy]:
+        """Load every image instance below ``input_path``; raise :class:`InputError` when there is none."""
+        files = list_files(input_path)
+        studies = self._load_data(files)
+        if not studies:
+            raise InputError(f"{input_path}: no DICOM image files found among {len(files)} file(s) "
+                             f"(e.g. {files[0]})")
+        return studies
+
+    def populate_series_attributes(self, series: DICOMSeries, sop_instance: pydicom.Dataset) -> None:
+        """SDK's version, minus its crash (``int(None)``) on an empty SeriesNumber as in real exports."""
+        if "SeriesNumber" in sop_instance and sop_instance.SeriesNumber in (None, ""):
+            sop_instance = copy.copy(sop_instance)
+            del sop_instance.SeriesNumber
+        super().populate_series_attributes(series, sop_instance)
+
+    def _load_data(self, files: list[str]) -> list[DICOMStudy]:
+        datasets = []
+        seen: dict[str, str] = {}
+        for path in files:
+            ds = read_instance(path)
+            if ds is None or not fill_instance_uids(ds, path):
+                continue
+            if ds.SOPInstanceUID in seen:
+                log.warning("%s: skipped, same SOP Instance UID as %s", path, seen[ds.SOPInstanceUID])
+                continue
+            seen[ds.SOPInstanceUID] = path
+            datasets.append(ds)
+        generated = fill_study_series_uids(datasets, self._allow_generated_uids)
+        return self._group(datasets, generated)
+
+    def _group(self, datasets: list[pydicom.Dataset], generated: dict[str, str]) -> list[DICOMStudy]:
+        studies: dict[str, DICOMStudy] = {}
+        series: dict[str, DICOMSeries] = {}
+        for ds in datasets:
+            study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+            if study_uid not in studies:
+                studies[study_uid] = DICOMStudy(study_uid)
+                self.populate_study_attributes(studies[study_uid], ds)
+            if series_uid not in series:
+                series[series_uid] = DICOMSeries(series_uid)
+                self.populate_series_attributes(series[series_uid], ds)
+                series[series_uid].generated_uids = {
+                    keyword: uid for uid, keyword in generated.items() if uid in (study_uid, series_uid)}
+                studies[study_uid].add_series(series[series_uid])
+            series[series_uid].add_sop_instance(ds)
+        log.info("loaded %d image instance(s): %d study(ies), %d series", len(datasets), len(studies), len(series))
+        return list(studies.values())

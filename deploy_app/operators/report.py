@@ -1,0 +1,125 @@
+"""What users expect beside the SEG: ``spleen_report.json`` and, on request, an STL surface and the NIfTI mask.
+
+Why our own operator: the SDK has no report operator, and its ``STLConversionOperator`` needs SimpleITK and
+trimesh (not dependencies here) and resamples the mask before meshing. Everything here is computed on the
+mask at the source's own voxel grid, in DICOM patient coordinates (LPS, mm).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+from deploy_app.volume_io import LPS_TO_RAS
+
+log = logging.getLogger(__name__)
+
+REPORT_NAME = "spleen_report.json"
+
+
+def mask_measurements(mask: np.ndarray, affine_lps: np.ndarray, instance_numbers: list) -> dict[str, Any]:
+    """Volume, bounding box and craniocaudal length of a (slice, row, column) mask with its LPS affine.
+
+    The bounding box is over voxel centres (LPS mm); the craniocaudal length is the extent of the voxel
+    centres along the patient's S axis plus one voxel's extent along that axis.
+    """
+    voxel_ml = abs(float(np.linalg.det(affine_lps[:3, :3]))) / 1000.0
+    count = int(mask.sum())
+    slices = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    out: dict[str, Any] = {
+        "spleen_voxels": count, "voxel_volume_ml": voxel_ml, "spleen_volume_ml": round(count * voxel_ml, 3),
+        "slices_with_spleen": len(slices),
+        "instance_numbers_with_spleen": [None if instance_numbers[k] in (None, "") else int(instance_numbers[k])
+                                         for k in slices],
+        "bbox_lps_mm": None, "bbox_size_mm": None, "craniocaudal_length_mm": 0.0,
+    }
+    if count:
+        idx = np.argwhere(mask).T  # (3, n): slice, row, column
+        lps = affine_lps[:3, :3] @ idx + affine_lps[:3, 3:4]
+        low, high = lps.min(axis=1), lps.max(axis=1)
+        voxel_extent = np.abs(affine_lps[:3, :3]).sum(axis=1)
+        out.update({
+            "bbox_lps_mm": {"min": np.round(low, 2).tolist(), "max": np.round(high, 2).tolist()},
+            "bbox_size_mm": np.round(high - low + voxel_extent, 2).tolist(),
+            "craniocaudal_length_mm": round(float(high[2] - low[2] + voxel_extent[2]), 2),
+        })
+    return out
+
+
+def write_stl(mask: np.ndarray, affine_lps: np.ndarray, path: Path) -> None:
+    """Surface mesh (marching cubes at 0.5) in LPS millimetres, as 3D Slicer reads STL by default."""
+    from skimage.measure import marching_cubes
+    from stl import mesh
+
+    padded = np.pad(mask.astype(np.uint8), 1)
+    verts, faces, _, _ = marching_cubes(padded, level=0.5)
+    verts = (affine_lps[:3, :3] @ (verts - 1).T + affine_lps[:3, 3:4]).T
+    surface = mesh.Mesh(np.zeros(len(faces), dtype=mesh.Mesh.dtype))
+    surface.vectors[:] = verts[faces]
+    surface.save(str(path))
+
+
+def write_nifti(mask: np.ndarray, affine_lps: np.ndarray, path: Path) -> None:
+    """The mask as NIfTI: (column, row, slice) voxels with the RAS affine, same grid as the source."""
+    affine_ras = LPS_TO_RAS @ affine_lps[:, [2, 1, 0, 3]]
+    nib.save(nib.Nifti1Image(np.transpose(mask, (2, 1, 0)).astype(np.uint8), affine_ras), str(path))
+
+
+class SpleenReportOperator(Operator):
+    """Consumes each ``seg_record`` and (re)writes ``spleen_report.json`` with every series done so far."""
+
+    def __init__(self, fragment: Fragment, *args, output_folder: Path, model: dict[str, str], start_time: float,
+                 stl: bool = False, nifti: bool = False, **kwargs) -> None:
+        self.output_folder = Path(output_folder)
+        self.model = model
+        self.start_time = start_time
+        self.stl, self.nifti = stl, nifti
+        self.entries: list[dict[str, Any]] = []
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec):
+        spec.input("seg_record")
+
+    def compute(self, op_input, op_output, context):
+        self.add(op_input.receive("seg_record"))
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Measure, write the optional STL/NIfTI, then rewrite the report."""
+        series = record["study_selected"].selected_series[0].series
+        affine = series.volume_affine_lps
+        mask, seg, first = record["mask"], record["seg"], record["source"][0]
+        uid = str(series.SeriesInstanceUID)
+        entry: dict[str, Any] = {
+            "patient_id": str(first.get("PatientID", "")),
+            "study_instance_uid": str(first.StudyInstanceUID),
+            "series_instance_uid": uid,
+            "series_number": first.get("SeriesNumber"),
+            "series_description": str(first.get("SeriesDescription", "")),
+            "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
+            "slices": len(record["source"]),
+            "seg_file": record["path"].name,
+            "seg_series_instance_uid": str(seg.SeriesInstanceUID),
+            "seg_sop_instance_uid": str(seg.SOPInstanceUID),
+            "generated_uids": getattr(series, "generated_uids", {}),
+            **mask_measurements(mask, affine, [ds.get("InstanceNumber") for ds in record["source"]]),
+        }
+        if self.stl and entry["spleen_voxels"]:
+            entry["stl_file"] = f"spleen_{uid}.stl"
+            write_stl(mask, affine, self.output_folder / entry["stl_file"])
+        if self.nifti:
+            entry["nifti_file"] = f"spleen_pred_{uid}.nii.gz"
+            write_nifti(mask, affine, self.output_folder / entry["nifti_file"])
+        self.entries.append(entry)
+        log.info("series %s: spleen %.1f mL on %d slice(s), craniocaudal %.1f mm", uid, entry["spleen_volume_ml"],
+                 entry["slices_with_spleen"], entry["craniocaudal_length_mm"])
+        report = {"model": self.model, "series": self.entries,
+                  "run_time_s": round(time.perf_counter() - self.start_time, 3)}
+        self.output_folder.mkdir(parents=True, exist_ok=True)
+        (self.output_folder / REPORT_NAME).write_text(json.dumps(report, indent=1, default=str))

@@ -1,0 +1,121 @@
+"""DICOM SEG writer built on highdicom with every frame kept and the equipment filled in.
+
+Why not the SDK's ``DICOMSegmentationWriterOperator``: its SEG fails ``dciodvfy`` (an empty Type 1 Manufacturer
+in the Contributing Equipment Sequence unless a ``ModelInfo`` is passed), it omits empty frames by default (so
+the frame count differs from the source slice count and viewers that index frames by slice shift the mask),
+draws a random SeriesNumber, writes only the first selected series and does not tell downstream operators
+what it wrote. This writer keeps one frame per source slice (highdicom sorts them along the slice normal), takes the algorithm
+name and version from the bundle's ``metadata.json`` and emits a small record for the report.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from pydicom.sr.codedict import codes
+
+from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
+from monai.deploy.core.domain.dicom_series_selection import StudySelectedSeries
+
+log = logging.getLogger(__name__)
+
+SERIES_DESCRIPTION = "Spleen SEG (AI) - not for clinical use"
+#: Offset added to the source SeriesNumber so the SEG sorts next to its source in a viewer.
+SERIES_NUMBER_OFFSET = 1000
+
+
+@dataclass
+class AlgorithmInfo:
+    """Who made the mask: from the bundle's metadata.json."""
+
+    name: str
+    version: str
+    manufacturer: str = "spleenseg"
+
+
+def segment_description(algorithm: AlgorithmInfo) -> hd.seg.SegmentDescription:
+    """Segment 1, "Spleen": SNOMED CT category Organ, type Spleen, automatic AI algorithm."""
+    return hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="Spleen",
+        segmented_property_category=codes.SCT.Organ,
+        segmented_property_type=codes.SCT.Spleen,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=algorithm.name[:64], family=codes.cid7162.ArtificialIntelligence, version=algorithm.version[:64]),
+        tracking_id="spleen",
+        tracking_uid=hd.UID(),
+    )
+
+
+def build_seg(mask: np.ndarray, source: list, algorithm: AlgorithmInfo) -> hd.seg.Segmentation:
+    """BINARY SEG with one frame per source slice (empty frames kept).
+
+    ``mask`` is (slice, row, column) with slices in ``source`` order. highdicom stores the frames sorted along
+    the slice normal; each frame carries its source's position and references its source instance.
+    """
+    first = source[0]
+    expected = (len(source), int(first.Rows), int(first.Columns))
+    if mask.shape != expected:
+        raise RuntimeError(f"internal error: mask shape {mask.shape} does not match the source series {expected}")
+    number = first.get("SeriesNumber")
+    return hd.seg.Segmentation(
+        source_images=source,
+        pixel_array=mask.astype(bool),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment_description(algorithm)],
+        series_instance_uid=hd.UID(),
+        series_number=(int(number) if number not in (None, "") else 0) + SERIES_NUMBER_OFFSET,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=algorithm.manufacturer,
+        manufacturer_model_name=algorithm.name[:64],
+        software_versions=algorithm.version[:64],
+        device_serial_number=algorithm.version[:64] or "0",
+        series_description=SERIES_DESCRIPTION,
+        content_label="SPLEEN",
+        content_description="Automatic spleen segmentation, not for clinical use",
+        content_creator_name="spleenseg^AI",
+        omit_empty_frames=False,
+    )
+
+
+class SpleenSegWriterOperator(Operator):
+    """Inputs: ``seg_image`` (slice, row, column mask) and the one-series ``study_selected_series_list``.
+
+    Output ``seg_record``: dict with the SEG path/UIDs, the mask and the source geometry, for the report.
+    """
+
+    def __init__(self, fragment: Fragment, *args, output_folder: Path, algorithm: AlgorithmInfo, **kwargs) -> None:
+        self.output_folder = Path(output_folder)
+        self.algorithm = algorithm
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec):
+        spec.input("seg_image")
+        spec.input("study_selected_series_list")
+        spec.output("seg_record")
+
+    def compute(self, op_input, op_output, context):
+        seg_image: Image = op_input.receive("seg_image")
+        study_selected: StudySelectedSeries = op_input.receive("study_selected_series_list")[0]
+        op_output.emit(self.write(seg_image.asnumpy(), study_selected), "seg_record")
+
+    def write(self, mask: np.ndarray, study_selected: StudySelectedSeries) -> dict[str, Any]:
+        """Write ``SEG_<source series UID>.dcm`` and return what the report needs."""
+        selected = study_selected.selected_series[0]
+        source = [s.get_native_sop_instance() for s in selected.series.get_sop_instances()]
+        seg = build_seg(np.asarray(mask) > 0, source, self.algorithm)
+        self.output_folder.mkdir(parents=True, exist_ok=True)
+        path = self.output_folder / f"SEG_{selected.series.SeriesInstanceUID}.dcm"
+        seg.save_as(path)
+        log.info("wrote %s: %d frames, %d spleen voxels", path.name, int(seg.NumberOfFrames), int(mask.sum()))
+        return {
+            "path": path, "seg": seg, "mask": np.asarray(mask) > 0, "source": source,
+            "study_selected": study_selected, "image_metadata": selected.image.metadata(),
+        }

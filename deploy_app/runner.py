@@ -1,0 +1,87 @@
+"""``run()``: one call = one Holoscan run of the app, with all-or-nothing output.
+
+The operators write into a temporary folder next to ``output_dir``; only when the whole run succeeded (SEG(s)
+and ``spleen_report.json`` present) are the files moved into ``output_dir``. On any error the temporary folder
+is removed, so ``output_dir`` never holds half-written results, and the input folder is never written to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spleenseg.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a run produced (paths are inside ``output_dir``)."""
+
+    output_dir: Path
+    seg_files: list[Path]
+    report_path: Path
+    report: dict[str, Any]
+    files: list[Path]
+
+
+def _check_paths(input_dir: Path, output_dir: Path) -> None:
+    if not input_dir.is_dir():
+        raise InputError(f"{input_dir}: input folder does not exist or is not a folder")
+    inp, out = input_dir.resolve(), output_dir.resolve()
+    if out == inp or inp in out.parents:
+        raise InputError(f"{output_dir}: the output folder must not be inside the input folder {input_dir} "
+                         f"(the input is never written to)")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"{output_dir}: output path exists and is not a folder")
+
+
+def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, model_path: str | os.PathLike, *,
+        rules: str | os.PathLike | None = None, all_series: bool = False, stl: bool = False, nifti: bool = False,
+        allow_generated_uids: bool = False) -> RunResult:
+    """Segment the spleen in DICOM CT below ``input_dir``; write SEG(s) + ``spleen_report.json`` to ``output_dir``.
+
+    Parameters mirror the command line (``python -m deploy_app --help``). Raises
+    :class:`spleenseg.errors.InputError` (or a subclass) for bad input, with a message naming file and problem.
+    """
+    start = time.perf_counter()
+    input_dir, output_dir, model_path = Path(input_dir), Path(output_dir), Path(model_path)
+    _check_paths(input_dir, output_dir)
+    from deploy_app.app import AppOptions, SpleenSegApp  # heavy (Holoscan, torch): import on first use
+    from deploy_app.bundle_info import read_model_metadata, resolve_model_path
+    from deploy_app.operators.report import REPORT_NAME
+
+    model_path = resolve_model_path(model_path)
+    read_model_metadata(model_path)  # fail fast, before any output exists
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    try:
+        options = AppOptions(input_dir=input_dir, output_dir=staging, model_path=model_path,
+                             rules_path=Path(rules) if rules else None, all_series=all_series, stl=stl,
+                             nifti=nifti, allow_generated_uids=allow_generated_uids, start_time=start)
+        SpleenSegApp(options).run()
+        report_file = staging / REPORT_NAME
+        if not report_file.is_file():
+            raise RuntimeError(f"the pipeline finished without writing {REPORT_NAME}; nothing was written")
+        report = json.loads(report_file.read_text())
+        report["run_time_s"] = round(time.perf_counter() - start, 3)
+        report_file.write_text(json.dumps(report, indent=2, default=str))
+        output_dir.mkdir(parents=True, exist_ok=True)
+        moved = []
+        for item in sorted(staging.iterdir()):
+            os.replace(item, output_dir / item.name)
+            moved.append(output_dir / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    seg_files = [output_dir / e["seg_file"] for e in report["series"]]
+    log.info("done in %.1f s: %s", report["run_time_s"], ", ".join(p.name for p in moved))
+    return RunResult(output_dir=output_dir, seg_files=seg_files, report_path=output_dir / REPORT_NAME,
+                     report=report, files=moved)

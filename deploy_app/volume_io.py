@@ -1,0 +1,90 @@
+"""DICOM series → volume for the deploy app: the project's checked loader plus the slice ↔ instance mapping.
+
+Why not the SDK's ``DICOMSeriesToVolumeOperator`` geometry: it sorts by position but never checks that the
+slices are evenly spaced (a missing slice silently squeezes the volume), builds the affine from the first and
+last slice with the two in-plane spacings swapped (wrong for non-square pixels) and keeps localizer images mixed
+into a series. :func:`spleenseg.dicom.volume.load_series_volume` (highdicom geometry, checked against dcm2niix)
+refuses gaps, duplicates and tilt with a message naming the files. What the SEG needs on top is which source
+instance each volume slice came from; :func:`sort_and_load` finds it from the volume's own affine.
+Conventions: highdicom's array is (slice, row, column) with an LPS affine; MONAI/NIfTI want (column, row, slice)
+with an RAS affine. :func:`monai_array_and_affine` is the one place that converts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Sequence
+
+import highdicom as hd
+import numpy as np
+import pydicom
+
+from spleenseg.dicom.volume import load_series_volume
+from spleenseg.errors import GeometryError
+
+log = logging.getLogger(__name__)
+
+#: LPS <-> RAS: flip the first two world axes.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _path(ds: pydicom.Dataset) -> str:
+    return str(getattr(ds, "filename", "") or ds.get("SOPInstanceUID", "?"))
+
+
+def drop_localizers(datasets: Sequence[pydicom.Dataset], series_uid: str) -> list[pydicom.Dataset]:
+    """Remove scout/localizer images and images whose orientation differs from the majority, with a warning.
+
+    Some scanners store the scout in the same series as the axial images; a volume must not include it.
+    """
+    kept = [ds for ds in datasets if "LOCALIZER" not in [str(v).upper() for v in ds.get("ImageType", [])]]
+    if len(kept) < len(datasets):
+        log.warning("series %s: ignoring %d LOCALIZER image(s) stored in the same series",
+                    series_uid, len(datasets) - len(kept))
+    orientations = Counter(tuple(np.round(np.asarray(ds.ImageOrientationPatient, float), 4)) for ds in kept
+                           if "ImageOrientationPatient" in ds)
+    if not orientations:
+        raise GeometryError(f"series {series_uid}: no image has ImageOrientationPatient, e.g. {_path(datasets[0])}")
+    major, _ = orientations.most_common(1)[0]
+    same = [ds for ds in kept if "ImageOrientationPatient" in ds
+            and tuple(np.round(np.asarray(ds.ImageOrientationPatient, float), 4)) == major]
+    if len(same) < len(kept):
+        odd = [_path(ds) for ds in kept if ds not in same][:3]
+        log.warning("series %s: ignoring %d image(s) with another orientation, e.g. %s",
+                    series_uid, len(kept) - len(same), ", ".join(odd))
+    return same
+
+
+def sort_and_load(datasets: Sequence[pydicom.Dataset], series_uid: str) -> tuple[hd.Volume, list[pydicom.Dataset]]:
+    """Decode the series into a checked volume (HU, float32) and list its datasets in the volume's slice order.
+
+    Each dataset's ImagePositionPatient is mapped through the inverse of the volume affine: it must land on a
+    whole slice index of its own, so the SEG frame written for slice k references exactly that instance.
+    """
+    datasets = drop_localizers(datasets, series_uid)
+    if len(datasets) < 2:
+        raise GeometryError(f"series {series_uid}: only {len(datasets)} usable slice(s), not a volume")
+    volume = load_series_volume(list(datasets))
+    inverse = np.linalg.inv(volume.affine)
+    slots: list[pydicom.Dataset | None] = [None] * volume.spatial_shape[0]
+    for ds in datasets:
+        k = inverse[:3, :3] @ np.asarray(ds.ImagePositionPatient, float) + inverse[:3, 3]
+        index = int(round(float(k[0])))
+        if not np.allclose(k, [index, 0, 0], atol=1e-2) or not 0 <= index < len(slots) or slots[index] is not None:
+            raise GeometryError(f"series {series_uid}: {_path(ds)} does not sit on its own slice of the volume "
+                                f"(index {np.round(k, 3).tolist()}); refusing an ambiguous slice order")
+        slots[index] = ds
+    return volume, slots  # type: ignore[return-value]
+
+
+def monai_array_and_affine(volume: hd.Volume) -> tuple[np.ndarray, np.ndarray]:
+    """(column, row, slice) array and its RAS affine, as nibabel/MONAI expect; same voxels, no resampling."""
+    array = np.ascontiguousarray(np.transpose(volume.array, (2, 1, 0)))
+    affine_ijk_lps = volume.affine[:, [2, 1, 0, 3]]
+    return array, LPS_TO_RAS @ affine_ijk_lps
+
+
+def lps_affine_kji(volume_affine_ras_ijk: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`monai_array_and_affine`'s affine change: (slice, row, column) indices → LPS mm."""
+    return (LPS_TO_RAS @ volume_affine_ras_ijk)[:, [2, 1, 0, 3]]

@@ -1,0 +1,72 @@
+"""Helpers shared by the deploy app tests (imported as ``deploy_helpers``; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+
+from spleenseg.phantom import Phantom, make_phantom, random_spec
+
+#: Phantoms of the end-to-end study (also in the tiny model's training set, see conftest.py).
+PATIENT_A_SEED, PATIENT_B_SEED = 7, 11
+
+#: Grid centre relative to the spleen centre (LPS mm): towards the patient's right and front, so the spleen sits
+#: off-centre (left, back) and a left-right or front-back mirror in the pipeline moves the mask off the spleen.
+FOV_OFFSET_MM = (-30.0, -15.0, 0.0)
+
+
+def cropped_phantom(seed: int, shape=(48, 48, 24), spacing=(3.0, 3.0, 4.0)) -> Phantom:
+    """A portal-phase phantom on a small grid (144 x 144 x 96 mm) that holds its whole spleen, off-centre."""
+    spec = random_spec(seed, shape=(64, 64, 32), phase="portal")
+    centre = tuple(float(t + c + o) for t, c, o in zip(spec.table_offset_mm, spec.spleen_centre, FOV_OFFSET_MM))
+    spec = dataclasses.replace(spec, shape=tuple(shape), spacing=tuple(spacing), slice_thickness=float(spacing[2]),
+                               fov_centre_mm=centre)
+    return make_phantom(spec)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean arrays."""
+    a, b = a.astype(bool), b.astype(bool)
+    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """Lines of dciodvfy output that are errors (warnings about the source's own attributes are allowed)."""
+    check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+
+
+def label_at_frames(phantom, seg: pydicom.Dataset) -> np.ndarray:
+    """Phantom label sampled at each SEG frame's pixel centres, in patient (LPS) coordinates."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    row_spacing, col_spacing = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
+    iop = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    rows, cols = np.mgrid[0:int(seg.Rows), 0:int(seg.Columns)]
+    inverse = np.linalg.inv(phantom.affine_lps)
+    out = []
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        ipp = np.asarray(frame.PlanePositionSequence[0].ImagePositionPatient, float)
+        world = ipp[:, None, None] + iop[:3, None, None] * cols * col_spacing + iop[3:, None, None] * rows * row_spacing
+        ijk = np.rint(np.tensordot(inverse[:3, :3], world, axes=1) + inverse[:3, 3, None, None]).astype(int)
+        inside = np.all((ijk >= 0) & (ijk < np.array(phantom.label.shape)[:, None, None]), axis=0)
+        lab = np.zeros(rows.shape, bool)
+        lab[inside] = phantom.label[ijk[0][inside], ijk[1][inside], ijk[2][inside]] > 0
+        out.append(lab)
+    return np.stack(out)
+
+
+def seg_frames(seg: pydicom.Dataset) -> np.ndarray:
+    """Decoded (frames, rows, columns) booleans of a single-segment BINARY SEG, in frame order."""
+    return np.asarray(hd.seg.Segmentation.from_dataset(seg).pixel_array, bool).reshape(
+        int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+
+
+def assert_nothing_written(out: Path) -> None:
+    """OUT_DIR absent (or empty) and no staging folder left beside it."""
+    assert not out.exists() or not any(out.iterdir())
+    assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]

@@ -1,0 +1,176 @@
+"""End to end through the real Holoscan executor: series choice, SEG conformance and geometry, report, extras."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+
+from deploy_helpers import dciodvfy_errors, dice, label_at_frames, seg_frames
+
+VENV_BIN = Path(sys.executable).parent
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _series_uid(paths) -> str:
+    return str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
+
+
+def _entry(result, ct_paths) -> dict:
+    uid = _series_uid(ct_paths)
+    return next(e for e in result.report["series"] if e["series_instance_uid"] == uid)
+
+
+def nifti_slice_for(nifti: nib.Nifti1Image, ipp_lps) -> int:
+    """Index k of the NIfTI slice through a source image position (must be a whole voxel)."""
+    ijk = np.linalg.inv(nifti.affine) @ np.append(LPS_TO_RAS[:3, :3] @ np.asarray(ipp_lps, float), 1.0)
+    assert np.allclose(ijk[:3], np.rint(ijk[:3]), atol=1e-3) and np.allclose(ijk[:2], 0, atol=1e-3)
+    return int(round(ijk[2]))
+
+
+def test_best_series_of_each_study_is_segmented(e2e_result, phantom_study):
+    taken = {e["series_instance_uid"] for e in e2e_result.report["series"]}
+    assert taken == {_series_uid(phantom_study["a_thin"]), _series_uid(phantom_study["b_ct"])}
+    assert len(e2e_result.seg_files) == 2 and all(p.is_file() for p in e2e_result.seg_files)
+    assert not [p for p in e2e_result.output_dir.parent.iterdir() if ".partial-" in p.name]
+
+
+@pytest.mark.parametrize("patient", ["a", "b"])
+def test_seg_is_conformant_and_covers_the_phantom_spleen(e2e_result, phantom_study, patient):
+    ct = phantom_study["a_thin" if patient == "a" else "b_ct"]
+    entry = _entry(e2e_result, ct)
+    path = e2e_result.output_dir / entry["seg_file"]
+    assert dciodvfy_errors(path) == []
+    seg = pydicom.dcmread(path)
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in ct]
+    # one frame per source slice, each exactly at a source slice position; every source instance referenced
+    assert int(seg.NumberOfFrames) == len(sources)
+    source_positions = {tuple(np.round(np.asarray(ds.ImagePositionPatient, float), 3)) for ds in sources}
+    frame_positions = [tuple(np.round(np.asarray(f.PlanePositionSequence[0].ImagePositionPatient, float), 3))
+                       for f in seg.PerFrameFunctionalGroupsSequence]
+    assert set(frame_positions) == source_positions and len(set(frame_positions)) == len(sources)
+    along_normal = np.diff([p[2] for p in frame_positions])  # axial series: the normal is the z axis
+    assert np.all(along_normal > 0) or np.all(along_normal < 0)
+    for frame in seg.PerFrameFunctionalGroupsSequence:  # each frame references the source at its position
+        uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        source = next(ds for ds in sources if ds.SOPInstanceUID == uid)
+        assert np.allclose(source.ImagePositionPatient, frame.PlanePositionSequence[0].ImagePositionPatient, atol=1e-3)
+    referenced = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {str(ds.SOPInstanceUID) for ds in sources}
+    assert seg.StudyInstanceUID == sources[0].StudyInstanceUID
+    assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    assert "not for clinical use" in seg.SeriesDescription
+    segment = seg.SegmentSequence[0]
+    assert (segment.SegmentLabel, segment.SegmentAlgorithmType) == ("Spleen", "AUTOMATIC")
+    assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == codes.SCT.Organ.value == "91772007"
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == codes.SCT.Spleen.value == "78961009"
+    model = e2e_result.report["model"]
+    assert segment.SegmentAlgorithmName == model["name"]
+    assert segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == model["version"]
+    # in patient coordinates the mask covers the phantom's spleen (on the patient's left: LPS x > 0)
+    frames = seg_frames(seg)
+    assert dice(frames, label_at_frames(phantom_study[patient], seg)) >= 0.8
+    assert entry["bbox_lps_mm"]["min"][0] > 0
+
+
+def test_seg_reads_back_with_highdicom_and_dcmqi_as_the_predicted_mask(e2e_result, phantom_study, tmp_path):
+    entry = _entry(e2e_result, phantom_study["b_ct"])
+    prediction = nib.load(e2e_result.output_dir / entry["nifti_file"])
+    predicted = np.asarray(prediction.dataobj) > 0
+    assert predicted.sum() == entry["spleen_voxels"] > 0
+    # highdicom: frames looked up by source instance
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in phantom_study["b_ct"]]
+    seg = hd.seg.segread(e2e_result.output_dir / entry["seg_file"])
+    by_source = seg.get_pixels_by_source_instance([str(ds.SOPInstanceUID) for ds in sources], segment_numbers=[1])
+    for ds, frame in zip(sources, by_source[..., 0]):
+        k = nifti_slice_for(prediction, ds.ImagePositionPatient)
+        np.testing.assert_array_equal(frame > 0, predicted[:, :, k].T)
+    # dcmqi: its own reconstruction, compared voxel by voxel in world coordinates
+    subprocess.run([str(VENV_BIN / "segimage2itkimage"), "--inputDICOM", str(e2e_result.output_dir / entry["seg_file"]),
+                    "--outputDirectory", str(tmp_path), "-t", "nifti"], check=True, capture_output=True)
+    dcmqi = nib.load(next(tmp_path.glob("*.nii*")))
+    dcmqi_mask = np.asarray(dcmqi.dataobj) > 0
+    ijk = np.argwhere(dcmqi_mask)
+    world = nib.affines.apply_affine(dcmqi.affine, ijk)
+    ours = nib.affines.apply_affine(np.linalg.inv(prediction.affine), world)
+    assert np.allclose(ours, np.rint(ours), atol=1e-3)
+    assert dcmqi_mask.sum() == predicted.sum()
+    idx = np.rint(ours).astype(int)
+    assert predicted[idx[:, 0], idx[:, 1], idx[:, 2]].all()
+
+
+def test_report_matches_the_mask(e2e_result, phantom_study):
+    entry = _entry(e2e_result, phantom_study["a_thin"])
+    mask = np.asarray(nib.load(e2e_result.output_dir / entry["nifti_file"]).dataobj) > 0
+    voxel_ml = 3.0 * 3.0 * 4.0 / 1000.0
+    assert entry["spleen_volume_ml"] == pytest.approx(mask.sum() * voxel_ml, abs=1e-3)
+    slices = np.flatnonzero(mask.any(axis=(0, 1)))
+    assert entry["slices_with_spleen"] == len(slices) == len(entry["instance_numbers_with_spleen"])
+    assert entry["craniocaudal_length_mm"] == pytest.approx((slices.max() - slices.min() + 1) * 4.0)
+    truth_ml = phantom_study["a"].spleen_ml
+    assert abs(entry["spleen_volume_ml"] - truth_ml) < 0.25 * truth_ml
+    report = e2e_result.report
+    assert report["model"]["name"] and report["run_time_s"] > 0
+    assert entry["seg_series_instance_uid"] and entry["study_instance_uid"]
+
+
+def test_stl_surface_lies_on_the_spleen(e2e_result, phantom_study):
+    from stl import mesh
+
+    entry = _entry(e2e_result, phantom_study["a_thin"])
+    surface = mesh.Mesh.from_file(str(e2e_result.output_dir / entry["stl_file"]))
+    points = surface.vectors.reshape(-1, 3)
+    low, high = np.asarray(entry["bbox_lps_mm"]["min"]), np.asarray(entry["bbox_lps_mm"]["max"])
+    assert len(points) > 100
+    assert np.all(points >= low - 4.1) and np.all(points <= high + 4.1)  # within one voxel of the bbox (LPS)
+
+
+def test_all_series_option_segments_every_matching_series(tmp_path, phantom_study, untrained_bundle):
+    import deploy_app
+
+    result = deploy_app.run(phantom_study["folder"], tmp_path / "out", untrained_bundle, all_series=True)
+    taken = {e["series_instance_uid"]: e["slices"] for e in result.report["series"]}
+    assert taken == {_series_uid(phantom_study["a_thin"]): 24, _series_uid(phantom_study["a_thick"]): 12,
+                     _series_uid(phantom_study["b_ct"]): 24}
+    assert len(list((tmp_path / "out").glob("SEG_*.dcm"))) == 3
+
+
+def test_scout_stored_inside_the_ct_series_is_left_out(tmp_path, small_series, untrained_bundle, caplog):
+    import logging
+
+    import deploy_app
+    from spleenseg.phantom import write_scout
+    from deploy_helpers import PATIENT_B_SEED, cropped_phantom
+
+    scout_path = write_scout(cropped_phantom(PATIENT_B_SEED), tmp_path / "scout")
+    scout = pydicom.dcmread(scout_path)
+    scout.SeriesInstanceUID = _series_uid(small_series)  # as some scanners do
+    scout.save_as(tmp_path / "in" / "A_SCOUT.dcm")  # listed first
+    with caplog.at_level(logging.WARNING):
+        result = deploy_app.run(tmp_path / "in", tmp_path / "out", untrained_bundle)
+    seg = pydicom.dcmread(result.seg_files[0])
+    assert int(seg.NumberOfFrames) == len(small_series) == 24
+    assert scout.SOPInstanceUID not in {
+        i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert any("LOCALIZER" in r.getMessage() for r in caplog.records)
+
+
+def test_feet_first_series_still_lands_on_the_spleen(tmp_path, phantom_study, trained_bundle):
+    """Feet-first (ImageOrientationPatient -1,0,0,...) flips rows and slice order: a mirrored or shifted path
+    from DICOM to the model and back to the SEG would miss the spleen in patient coordinates."""
+    import deploy_app
+    from spleenseg.phantom import write_dicom_series
+
+    ct = write_dicom_series(phantom_study["a"], tmp_path / "in", feet_first=True, shuffle_names=True)
+    assert float(pydicom.dcmread(ct[0], stop_before_pixels=True).ImageOrientationPatient[0]) == -1.0
+    result = deploy_app.run(tmp_path / "in", tmp_path / "out", trained_bundle)
+    seg = pydicom.dcmread(result.seg_files[0])
+    assert dciodvfy_errors(result.seg_files[0]) == []
+    assert dice(seg_frames(seg), label_at_frames(phantom_study["a"], seg)) >= 0.8
