@@ -1,0 +1,281 @@
+"""The durable on-disk spool: every received instance and every study's state lives in folders under ``work_dir``.
+
+Why folders and renames instead of a database: a rename within one file system is atomic, so after a crash
+each study is in exactly one state folder and an administrator can see (and fix) the queue with ``ls``::
+
+    work_dir/incoming/<StudyUID>/<SOPInstanceUID>.dcm   receiving (quiet timer running)
+    work_dir/incoming/.tmp/                             instances being written (never acknowledged yet)
+    work_dir/queued/<job>/input/                        complete, waiting for a worker
+    work_dir/running/<job>/{input,output.partial}/      pipeline running
+    work_dir/outbox/<job>/{input,output}/               results waiting to be sent
+    work_dir/done/<job>/output/                         results sent (input removed unless keep_done_inputs)
+    work_dir/failed/<job>/{input,error.txt,job.log}     processing or sending failed; kept for a human
+    work_dir/sent_uids.txt                              SOP Instance UIDs of every result this node sent
+
+Each job folder holds ``job.json`` (its record) and ``job.log`` (pipeline output and send attempts).
+An instance is acknowledged to the sender only after it was written, flushed to disk and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("deploy_app.node")
+
+STATES = ("queued", "running", "outbox", "done", "failed")
+#: Marker left in a study folder when the sender included a result this node produced (see ``note_own_result``).
+OWN_RESULT_MARKER = ".contains_own_result"
+_SAFE_UID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,63}")
+
+
+def is_safe_uid(uid: str) -> bool:
+    """True when ``uid`` can be used as a file name (DICOM UIDs are digits and dots; refuse path tricks)."""
+    return bool(_SAFE_UID.fullmatch(uid)) and ".." not in uid
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class JobRecord:
+    """What is known about one job (one batch of instances of one study). Saved as ``job.json``."""
+
+    job_id: str
+    study_uid: str
+    instances: int
+    calling_aets: list[str]
+    received_at: str
+    state: str = "queued"
+    started_at: str | None = None
+    finished_at: str | None = None
+    sent_at: str | None = None
+    run_seconds: float | None = None
+    outputs: list[str] = field(default_factory=list)
+    sent: list[str] = field(default_factory=list)
+    send_attempts: int = 0
+    error: str | None = None
+    note: str | None = None
+    pipeline_pid: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Inbox:
+    """Receives instances and moves studies through the state folders. Thread-safe."""
+
+    def __init__(self, work_dir: str | Path) -> None:
+        self.root = Path(work_dir)
+        self.incoming = self.root / "incoming"
+        self.tmp = self.incoming / ".tmp"
+        for path in [self.tmp, *(self.root / s for s in STATES)]:
+            path.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._last_arrival: dict[str, float] = {}
+        self._callers: dict[str, set[str]] = {}
+        self._sent_registry = self.root / "sent_uids.txt"
+        self._own_results: set[str] = set()
+        if self._sent_registry.is_file():
+            self._own_results = set(self._sent_registry.read_text().split())
+
+    # ---- receiving -------------------------------------------------------------------------------------
+    def store(self, study_uid: str, sop_uid: str, data: bytes, calling_aet: str) -> Path:
+        """Write one encoded instance durably; only then may the C-STORE be acknowledged.
+
+        The bytes go to a unique temporary file, are flushed to disk, then renamed into the study folder, so
+        a crash never leaves a half-written instance where the scheduler could pick it up. A repeated SOP
+        Instance UID replaces the earlier copy (a PACS re-sending is not a new image).
+        """
+        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with self._lock:
+            study_dir = self.incoming / study_uid
+            first = study_uid not in self._last_arrival and not study_dir.exists()
+            study_dir.mkdir(exist_ok=True)
+            dest = study_dir / f"{sop_uid}.dcm"
+            os.replace(tmp, dest)
+            _fsync_dir(study_dir)  # the rename itself survives a power cut too
+            self._last_arrival[study_uid] = time.monotonic()
+            self._callers.setdefault(study_uid, set()).add(calling_aet)
+        if first:
+            log.info("study %s: receiving from %s", study_uid, calling_aet)
+        return dest
+
+    # ---- our own results coming back -------------------------------------------------------------------
+    def record_sent(self, sop_uids: list[str]) -> None:
+        """Remember results we sent, so that when the PACS sends the study back we recognise it."""
+        with self._lock:
+            self._own_results.update(sop_uids)
+            with open(self._sent_registry, "a") as fh:
+                fh.write("".join(f"{uid}\n" for uid in sop_uids))
+
+    def is_own_result(self, sop_uid: str) -> bool:
+        return sop_uid in self._own_results
+
+    def note_own_result(self, study_uid: str, calling_aet: str) -> None:
+        """The sender included one of our SEGs: the study was processed already (see ``Node._process``).
+
+        Why: a PACS routing rule like "send every new CT study to the AI node" often fires again when our SEG
+        arrives, re-sending the whole study (CT + our SEG); processing it again would loop forever.
+        """
+        with self._lock:
+            study_dir = self.incoming / study_uid
+            study_dir.mkdir(exist_ok=True)
+            (study_dir / OWN_RESULT_MARKER).touch()
+            self._last_arrival[study_uid] = time.monotonic()
+            self._callers.setdefault(study_uid, set()).add(calling_aet)
+
+    def receiving(self) -> dict[str, int]:
+        """Studies still inside their quiet time, with their instance counts so far."""
+        with self._lock:
+            return {uid: _count_instances(self.incoming / uid) for uid in self._last_arrival}
+
+    def take_quiet_studies(self, quiet_seconds: float) -> list[JobRecord]:
+        """Turn every study that got nothing new for ``quiet_seconds`` into a queued job (atomic rename)."""
+        jobs = []
+        now = time.monotonic()
+        with self._lock:
+            for study_uid, last in sorted(self._last_arrival.items(), key=lambda kv: kv[1]):
+                if now - last < quiet_seconds:
+                    continue
+                job = self._new_job(study_uid)
+                jobs.append(job)
+        return jobs
+
+    def _new_job(self, study_uid: str) -> JobRecord:
+        """Move ``incoming/<study>`` to ``queued/<job>/input``. Called with the lock held."""
+        job_id = self._unique_job_id(study_uid)
+        job_dir = self.root / "queued" / job_id
+        job_dir.mkdir()
+        os.rename(self.incoming / study_uid, job_dir / "input")
+        callers = sorted(self._callers.pop(study_uid, set()) or {"(before restart)"})
+        del self._last_arrival[study_uid]
+        job = JobRecord(job_id, study_uid, _count_instances(job_dir / "input"), callers, utc_now())
+        self.save(job)
+        if self._earlier_jobs(study_uid, exclude=job_id):
+            log.warning("study %s: received again after an earlier job; processing the new instances as job %s",
+                        study_uid, job_id)
+        return job
+
+    def _unique_job_id(self, study_uid: str) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        job_id, n = f"{stamp}-{study_uid}", 1
+        while any((self.root / s / job_id).exists() for s in STATES):
+            n += 1
+            job_id = f"{stamp}.{n}-{study_uid}"
+        return job_id
+
+    def _earlier_jobs(self, study_uid: str, exclude: str) -> list[str]:
+        return [p.name for s in STATES for p in (self.root / s).glob(f"*-{study_uid}") if p.name != exclude]
+
+    # ---- restart -----------------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Bring the spool back to a consistent state after a stop or crash; nothing received is dropped.
+
+        - unacknowledged temporary files are removed (the sender did not get a success, so it re-sends);
+        - studies in ``incoming/`` restart their quiet timer now (the PACS may still be sending);
+        - jobs caught in ``running/`` go back to ``queued/`` (their partial output is discarded), or on to
+          ``outbox/`` when their output was already complete (so a study is never processed twice).
+        """
+        for part in self.tmp.iterdir():
+            log.warning("removing unacknowledged partial instance %s", part)
+            part.unlink()
+        now = time.monotonic()
+        with self._lock:
+            for study_dir in sorted(p for p in self.incoming.iterdir() if p.is_dir() and p != self.tmp):
+                if _count_instances(study_dir) == 0 and not (study_dir / OWN_RESULT_MARKER).exists():
+                    study_dir.rmdir()
+                    continue
+                self._last_arrival[study_dir.name] = now
+                log.info("study %s: resuming, %d instances already received", study_dir.name,
+                         _count_instances(study_dir))
+        for job_dir in sorted((self.root / "running").iterdir()):
+            shutil.rmtree(job_dir / "output.partial", ignore_errors=True)
+            job = self.load(job_dir)
+            if (job_dir / "output").is_dir():
+                job.state = "outbox"
+                self.save(job, job_dir)
+                os.rename(job_dir, self.root / "outbox" / job_dir.name)
+                log.info("study %s: job %s had finished before the stop; queued for sending", job.study_uid,
+                         job.job_id)
+                continue
+            job.state, job.started_at = "queued", None
+            self.save(job, job_dir)
+            os.rename(job_dir, self.root / "queued" / job_dir.name)
+            log.warning("study %s: job %s was interrupted while running; queued again", job.study_uid, job.job_id)
+
+    def jobs_in(self, state: str) -> list[str]:
+        return sorted(p.name for p in (self.root / state).iterdir() if p.is_dir())
+
+    # ---- job records -------------------------------------------------------------------------------------
+    def job_dir(self, job: JobRecord | str, state: str | None = None) -> Path:
+        job_id = job if isinstance(job, str) else job.job_id
+        return self.root / (state or (job.state if isinstance(job, JobRecord) else "queued")) / job_id
+
+    def move(self, job: JobRecord, state: str) -> Path:
+        """Move a job folder to another state folder (atomic) and record the new state."""
+        src = self.job_dir(job)
+        job.state = state
+        dst = self.root / state / job.job_id
+        os.rename(src, dst)
+        self.save(job, dst)
+        return dst
+
+    def save(self, job: JobRecord, job_dir: Path | None = None) -> None:
+        job_dir = job_dir or self.job_dir(job)
+        _write_json_atomic(job_dir / "job.json", job.as_dict())
+
+    @staticmethod
+    def load(job_dir: Path) -> JobRecord:
+        return JobRecord(**json.loads((job_dir / "job.json").read_text()))
+
+    def append_log(self, job: JobRecord, message: str) -> None:
+        with open(self.job_dir(job) / "job.log", "a") as fh:
+            fh.write(f"{utc_now()} {message}\n")
+
+    def recent_jobs(self, limit: int = 20) -> list[JobRecord]:
+        """The newest jobs over all states, newest first (job ids start with their UTC time)."""
+        dirs = [p for s in STATES for p in (self.root / s).iterdir() if (p / "job.json").is_file()]
+        dirs.sort(key=lambda p: p.name, reverse=True)
+        out = []
+        for job_dir in dirs[:limit]:
+            try:
+                out.append(self.load(job_dir))
+            except (OSError, ValueError, TypeError):  # being moved right now; next status update has it
+                continue
+        return out
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _count_instances(folder: Path) -> int:
+    try:
+        return sum(1 for p in folder.iterdir() if p.suffix == ".dcm")
+    except FileNotFoundError:
+        return 0
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
+    os.replace(tmp, path)

@@ -1,0 +1,308 @@
+"""The DICOM node: receive studies, run the pipeline on each complete study, send the results back.
+
+Threads, each with one job: the pynetdicom server (receiving), a ticker (quiet-time detection and status),
+``workers`` worker threads (each drives one pipeline child process) and a sender (C-STORE with backoff).
+Every state that matters lives in the on-disk spool (:mod:`deploy_app.node.inbox`), so a restart after any
+crash sees the same state the threads saw.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import signal
+import threading
+import time
+from typing import Any
+
+from pydicom import dcmread
+
+from deploy_app.node.config import NodeConfig
+from deploy_app.node.inbox import OWN_RESULT_MARKER, Inbox, JobRecord, utc_now
+from deploy_app.node.pipeline import Pipeline, PipelineError, PipelineRunner
+from deploy_app.node.scp import start_scp
+from deploy_app.node.sender import SendError, dicom_files, echo, send_files
+from deploy_app.node.status import StatusServer, build_status, write_status
+
+log = logging.getLogger("deploy_app.node")
+TICK_SECONDS = 0.5
+
+
+class DicomNode:
+    """Owns the spool, the SCP and the worker threads. ``pipeline`` overrides ``config.pipeline``."""
+
+    def __init__(self, config: NodeConfig, pipeline: Pipeline | None = None) -> None:
+        self.config = config
+        self.inbox = Inbox(config.work_dir)
+        self.runner = PipelineRunner(pipeline or config.pipeline, config.model_path, config.pipeline_options,
+                                     config.job_timeout_seconds)
+        self.status_path = self.inbox.root / "status.json"
+        self._jobs: queue.Queue[str | None] = queue.Queue()
+        self._enqueued: set[str] = set()
+        self._stop = threading.Event()
+        self._shutdown_requested = threading.Event()
+        self._wake_sender = threading.Event()
+        self._next_send: dict[str, float] = {}
+        self._dest_state: dict[str, Any] = {"last_ok_at": None, "last_error": None}
+        self._threads: list[threading.Thread] = []
+        self._server: Any = None
+        self._http: StatusServer | None = None
+        self._started_at = utc_now()
+
+    # ---- life cycle --------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Recover the spool, then start receiving, processing and sending."""
+        self.inbox.recover()
+        self._enqueue_new_jobs()
+        self._server = start_scp(self.config, self.inbox)
+        self._spawn(self._ticker, "ticker")
+        for i in range(self.config.workers):
+            self._spawn(self._worker, f"worker-{i}")
+        self._spawn(self._sender, "sender")
+        if self.config.status_port is not None:
+            self._http = StatusServer(self.config.status_bind_address, self.config.status_port, self.status)
+        self.write_status()
+
+    def stop(self) -> None:
+        """Stop accepting, stop running pipelines (their studies are re-run on the next start), join threads."""
+        if self._stop.is_set():
+            return
+        log.info("stopping")
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+        self.runner.terminate_all()
+        for _ in range(self.config.workers):
+            self._jobs.put(None)
+        self._wake_sender.set()
+        for thread in self._threads:
+            thread.join(30)
+        if self._http is not None:
+            self._http.close()
+        self.write_status()
+        log.info("stopped")
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT (Ctrl-C), then stop cleanly."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._shutdown_requested.set())
+        self.start()
+        try:
+            while not self._shutdown_requested.wait(1.0):
+                pass
+        finally:
+            self.stop()
+
+    def _spawn(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _guard(self, target: Any) -> None:
+        """A bug in one loop must be loud but must not silently stop the node from serving."""
+        while not self._stop.is_set():
+            try:
+                target()
+                return
+            except Exception:  # noqa: BLE001
+                log.exception("internal error in %s; restarting it in 5 s", threading.current_thread().name)
+                self._stop.wait(5)
+
+    # ---- status ------------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        dest = self.config.destination
+        destination = {"configured": dest is not None, **self._dest_state}
+        if dest is not None:
+            destination.update(ae_title=dest.ae_title, host=dest.host, port=dest.port)
+        node = {"ae_title": self.config.ae_title, "port": self.config.port, "pid": os.getpid(),
+                "started_at": self._started_at, "work_dir": str(self.inbox.root),
+                "status_url": None}
+        if self._http is not None:
+            node["status_url"] = f"http://{self.config.status_bind_address}:{self._http.port}/status"
+        return build_status(self.inbox, node, destination)
+
+    def write_status(self) -> None:
+        try:
+            write_status(self.status_path, self.status())
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.status_path, exc)
+
+    # ---- ticker: quiet studies become jobs ---------------------------------------------------------------
+    def _ticker(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            for job in self.inbox.take_quiet_studies(self.config.quiet_seconds):
+                log.info("study %s: received %d instance(s) from %s; queued as job %s", job.study_uid,
+                         job.instances, ", ".join(job.calling_aets), job.job_id)
+            self._enqueue_new_jobs()
+            self.write_status()
+
+    def _enqueue_new_jobs(self) -> None:
+        """Queue every job folder in ``queued/`` not queued yet (also ones an operator moved back by hand)."""
+        for job_id in self.inbox.jobs_in("queued"):
+            if job_id not in self._enqueued:
+                self._enqueued.add(job_id)
+                self._jobs.put(job_id)
+
+    # ---- workers: one pipeline run per job ---------------------------------------------------------------
+    def _worker(self) -> None:
+        while True:
+            job_id = self._jobs.get()
+            if job_id is None or self._stop.is_set():
+                return
+            try:
+                self._process(job_id)
+            except Exception as exc:  # noqa: BLE001 - a bug or a disk problem must not wedge the queue
+                log.exception("job %s: internal error", job_id)
+                self._park_broken_job(job_id, f"internal error: {type(exc).__name__}: {exc}")
+            finally:
+                self._enqueued.discard(job_id)
+
+    def _process(self, job_id: str) -> None:
+        job = self.inbox.load(self.inbox.job_dir(job_id, "queued"))
+        job.state = "queued"
+        if (self.inbox.job_dir(job) / "input" / OWN_RESULT_MARKER).exists():
+            self._skip_processed(job)
+            return
+        job_dir = self.inbox.move(job, "running")
+        shutil.rmtree(job_dir / "output.partial", ignore_errors=True)
+        (job_dir / "error.txt").unlink(missing_ok=True)
+        partial = job_dir / "output.partial"
+        partial.mkdir()
+        job.started_at, job.error = utc_now(), None
+        self.inbox.save(job)
+        self.inbox.append_log(job, f"started on {job.instances} instance(s)")
+        log.info("study %s: started (job %s, %d instances)", job.study_uid, job_id, job.instances)
+        t0 = time.monotonic()
+        try:
+            self.runner.run(job_dir / "input", partial, job_dir / "job.log",
+                            on_start=lambda pid: self._started(job, pid))
+            if not dicom_files(partial):
+                raise PipelineError("the pipeline finished without writing any DICOM file to its output folder")
+        except PipelineError as exc:
+            if self._stop.is_set():  # interrupted by stop(): left in running/, re-queued on the next start
+                return
+            self._fail(job, f"processing failed: {exc}", time.monotonic() - t0)
+            return
+        os.rename(partial, job_dir / "output")
+        job.run_seconds = round(time.monotonic() - t0, 2)
+        job.finished_at = utc_now()
+        job.outputs = sorted(str(p.relative_to(job_dir / "output")) for p in (job_dir / "output").rglob("*")
+                             if p.is_file())
+        self.inbox.append_log(job, f"finished in {job.run_seconds} s: {job.outputs}")
+        self.inbox.move(job, "outbox")
+        log.info("study %s: finished in %.1f s (job %s): %d DICOM file(s) to send", job.study_uid,
+                 job.run_seconds, job_id, len(dicom_files(self.inbox.job_dir(job) / "output")))
+        self._wake_sender.set()
+
+    def _park_broken_job(self, job_id: str, reason: str) -> None:
+        """Move a job that broke the worker to ``failed/`` as it is, so it is neither lost nor retried forever."""
+        for state in ("queued", "running"):
+            src = self.inbox.job_dir(job_id, state)
+            if src.is_dir():
+                try:
+                    (src / "error.txt").write_text(reason + "\n")
+                    os.rename(src, self.inbox.job_dir(job_id, "failed"))
+                    log.error("job %s: %s; kept in failed/", job_id, reason)
+                except OSError as exc:
+                    log.error("job %s: cannot move to failed/: %s", job_id, exc)
+                return
+
+    def _started(self, job: JobRecord, pid: int) -> None:
+        job.pipeline_pid = pid
+        self.inbox.save(job)
+
+    def _skip_processed(self, job: JobRecord) -> None:
+        """A study that came back with our own SEG in it was processed already: keep it, do not run again."""
+        job.note = "skipped: the study contains a result this node produced, so it was processed already"
+        job.finished_at = utc_now()
+        self.inbox.append_log(job, job.note)
+        done_dir = self.inbox.move(job, "done")
+        if not self.config.keep_done_inputs:
+            shutil.rmtree(done_dir / "input", ignore_errors=True)
+        log.info("study %s: %s (job %s, %d instance(s))", job.study_uid, job.note, job.job_id, job.instances)
+
+    def _fail(self, job: JobRecord, reason: str, seconds: float | None = None) -> None:
+        """Keep everything of a failed job in ``failed/`` with the reason; never delete it."""
+        job.error = reason
+        job.finished_at = utc_now()
+        if seconds is not None:
+            job.run_seconds = round(seconds, 2)
+        job_dir = self.inbox.job_dir(job)
+        (job_dir / "error.txt").write_text(reason + "\n")
+        self.inbox.append_log(job, f"FAILED: {reason}")
+        failed_dir = self.inbox.move(job, "failed")
+        first_line = reason.splitlines()[0] if reason else "?"
+        log.error("study %s: failed (job %s): %s; kept in %s (see job.log there)", job.study_uid, job.job_id,
+                  first_line, failed_dir)
+
+    # ---- sender: C-STORE with backoff --------------------------------------------------------------------
+    def _sender(self) -> None:
+        dest = self.config.destination
+        if dest is not None:
+            ok = echo(dest, self.config.ae_title)
+            (log.info if ok else log.warning)("destination %s@%s:%d %s", dest.ae_title, dest.host, dest.port,
+                                              "answers C-ECHO" if ok else "does not answer C-ECHO (will retry sends)")
+        while not self._stop.is_set():
+            for job_id in self.inbox.jobs_in("outbox"):
+                if self._stop.is_set():
+                    return
+                if self._next_send.get(job_id, 0.0) <= time.monotonic():
+                    self._send(job_id)
+            self._wake_sender.wait(TICK_SECONDS)
+            self._wake_sender.clear()
+
+    def _send(self, job_id: str) -> None:
+        job = self.inbox.load(self.inbox.job_dir(job_id, "outbox"))
+        if job.state == "failed":  # an operator moved it back from failed/ to retry: give it fresh attempts
+            job.send_attempts = 0
+            self._next_send.pop(job_id, None)
+        job.state = "outbox"
+        job_dir = self.inbox.job_dir(job)
+        dest = self.config.destination
+        if dest is None:
+            job.sent_at = utc_now()
+            self.inbox.move(job, "done")
+            log.info("study %s: no destination configured; results kept in %s", job.study_uid,
+                     self.inbox.job_dir(job) / "output")
+            return
+        files = [p for p in dicom_files(job_dir / "output") if p.name not in job.sent]
+        job.send_attempts += 1
+        try:
+            sent = send_files(files, dest, self.config.ae_title)
+        except SendError as exc:
+            partial = getattr(exc, "sent", [])
+            job.sent += [p.name for p in partial]
+            self.inbox.record_sent([str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in partial])
+            self._send_failed(job, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - e.g. an unreadable result file: count it, never loop
+            self._send_failed(job, f"{type(exc).__name__}: {exc}")
+            return
+        job.sent += [p.name for p in sent]
+        self.inbox.record_sent([str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in sent])
+        job.sent_at, job.error = utc_now(), None
+        self._dest_state.update(last_ok_at=job.sent_at, last_error=None)
+        self._next_send.pop(job_id, None)
+        self.inbox.append_log(job, f"sent {len(sent)} file(s) to {dest.ae_title}@{dest.host}:{dest.port}")
+        done_dir = self.inbox.move(job, "done")
+        if not self.config.keep_done_inputs:
+            shutil.rmtree(done_dir / "input", ignore_errors=True)
+        log.info("study %s: sent %d file(s) to %s@%s:%d (job %s)", job.study_uid, len(sent), dest.ae_title,
+                 dest.host, dest.port, job_id)
+
+    def _send_failed(self, job: JobRecord, reason: str) -> None:
+        cfg = self.config
+        self._dest_state["last_error"] = reason
+        if cfg.send_max_attempts and job.send_attempts >= cfg.send_max_attempts:
+            self._next_send.pop(job.job_id, None)
+            self._fail(job, f"sending failed {job.send_attempts} times, giving up: {reason}")
+            return
+        delay = min(cfg.send_backoff_seconds * 2 ** (job.send_attempts - 1), cfg.send_backoff_max_seconds)
+        self._next_send[job.job_id] = time.monotonic() + delay
+        job.error = f"send attempt {job.send_attempts} failed: {reason}"
+        self.inbox.save(job)
+        self.inbox.append_log(job, f"{job.error}; retry in {delay:.0f} s")
+        log.warning("study %s: send attempt %d failed: %s; retrying in %.1f s", job.study_uid, job.send_attempts,
+                    reason, delay)

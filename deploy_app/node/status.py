@@ -1,0 +1,86 @@
+"""Health and status: a JSON file rewritten on every change, and optionally the same JSON over HTTP.
+
+Why both: the file needs no open port and is what a monitoring agent or a test reads; the endpoint
+(``GET /status``, ``GET /health``) is what a load balancer or a human with curl expects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+from deploy_app.node.inbox import Inbox, utc_now
+
+log = logging.getLogger("deploy_app.node")
+
+
+def build_status(inbox: Inbox, node_info: dict[str, Any], destination: dict[str, Any]) -> dict[str, Any]:
+    """Queue lengths per state and the most recent jobs, newest first."""
+    receiving = inbox.receiving()
+    counts = {state: len(inbox.jobs_in(state)) for state in ("queued", "running", "outbox", "failed", "done")}
+    return {
+        "updated_at": utc_now(),
+        "node": node_info,
+        "destination": destination,
+        "queue_length": len(receiving) + counts["queued"] + counts["running"] + counts["outbox"],
+        "receiving": receiving,
+        "counts": {"receiving": len(receiving), "queued": counts["queued"], "running": counts["running"],
+                   "sending": counts["outbox"], "failed": counts["failed"], "done": counts["done"]},
+        "last_results": [_summary(job) for job in inbox.recent_jobs(20)],
+    }
+
+
+def _summary(job: Any) -> dict[str, Any]:
+    keys = ("job_id", "study_uid", "state", "instances", "received_at", "started_at", "finished_at", "sent_at",
+            "run_seconds", "outputs", "send_attempts", "error", "note")
+    data = job.as_dict()
+    return {k: data[k] for k in keys}
+
+
+def write_status(path: Path, status: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(status, indent=2))
+    os.replace(tmp, path)
+
+
+class StatusServer:
+    """A tiny read-only HTTP server in a daemon thread."""
+
+    def __init__(self, host: str, port: int, get_status: Callable[[], dict[str, Any]]) -> None:
+        handler = _make_handler(get_status)
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="status-http", daemon=True)
+        self._thread.start()
+        log.info("status endpoint: http://%s:%d/status", host, self.port)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _make_handler(get_status: Callable[[], dict[str, Any]]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path.rstrip("/") in ("/status", ""):
+                body, code = json.dumps(get_status(), indent=2).encode(), 200
+            elif self.path.rstrip("/") == "/health":
+                body, code = json.dumps({"ok": True, "time": time.time()}).encode(), 200
+            else:
+                body, code = b'{"error": "not found; try /status or /health"}', 404
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, fmt: str, *args: Any) -> None:  # keep the node log for studies
+            log.debug("status http: " + fmt, *args)
+
+    return Handler

@@ -1,0 +1,207 @@
+"""The DICOM node against a real Orthanc: round trip, destination down, crash and restart, rejection, failure.
+
+Each test starts Orthanc and ``python -m deploy_app.node`` as real processes on 127.0.0.1 (see conftest.py);
+the pipeline is the small threshold SEG writer in ``node_seg_pipeline.py`` so the tests stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import requests
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
+
+from node_helpers import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, NODE_AET, ORIGIN, SIZE, SLICES, SPACING, c_store,
+                          dciodvfy_errors, free_port, send_study_from_orthanc, slice_z, wait_for, wait_for_seg,
+                          write_ct_study)
+from spleenseg.paths import REPO_ROOT
+
+
+def test_round_trip_through_orthanc(orthanc_factory, node_factory, tmp_path: Path, ct_study) -> None:
+    node_port = free_port()
+    orthanc = orthanc_factory(node_port)
+    node = node_factory(port=node_port, status_port=0, destination={
+        "host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet})
+
+    assert orthanc.rest("POST", "/modalities/spleennode/echo", json={}) == {}  # Orthanc's C-ECHO reaches the node
+    send_study_from_orthanc(orthanc, ct_study["files"])
+    seg_path = tmp_path / "seg_from_orthanc.dcm"
+    seg_path.write_bytes(wait_for_seg(orthanc))
+
+    assert dciodvfy_errors(seg_path) == []
+    seg = hd.seg.segread(seg_path)
+    assert seg.StudyInstanceUID == ct_study["study_uid"]
+    ref = seg.ReferencedSeriesSequence[0]
+    assert ref.SeriesInstanceUID == ct_study["series_uid"]
+    assert sorted(r.ReferencedSOPInstanceUID for r in ref.ReferencedInstanceSequence) == sorted(ct_study["sop_uids"])
+    # Orthanc files the SEG under the same study as the CT it received.
+    studies = orthanc.rest("GET", "/studies")
+    assert len(studies) == 1
+    _assert_mask_in_patient_coordinates(seg)
+
+    wait_for(lambda: node.jobs("done"), 10, "the job to reach done/")
+    [done] = node.jobs("done")
+    assert not (done / "input").exists(), "received instances of a sent study are removed by default"
+    log = node.log()
+    study = ct_study["study_uid"]
+    for event in ("received 6 instance(s) from ORTHANC", "started", "finished", "sent 1 file(s)"):
+        assert f"study {study}: {event}" in log, f"missing log line for {event!r}:\n{log}"
+    status = wait_for(lambda: (s := node.status())["counts"]["done"] == 1 and s, 5, "status.json to show the job")
+    assert status["queue_length"] == 0
+    assert status["last_results"][0]["state"] == "done" and status["last_results"][0]["study_uid"] == study
+    over_http = requests.get(status["node"]["status_url"], timeout=5).json()
+    assert over_http["counts"]["done"] == 1 and over_http["last_results"][0]["sent_at"]
+
+    # A PACS routing rule sends the study back, now with our SEG in it: recognised, not processed again.
+    [study_id] = studies
+    orthanc.rest("POST", "/modalities/spleennode/store", json={"Resources": [study_id], "Synchronous": True})
+    wait_for(lambda: "contains a result this node produced" in node.log(), 15, "the re-sent study to be skipped")
+    assert len(orthanc.seg_instances()) == 1 and len(node.jobs("done")) == 2
+
+
+def test_echo_command_checks_the_destination(orthanc_factory, node_factory) -> None:
+    node_port = free_port()
+    orthanc = orthanc_factory(node_port)
+    node = node_factory(start=False, port=node_port, destination={
+        "host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet})
+    cmd = [sys.executable, "-m", "deploy_app.node", "--config", str(node.config_path), "--echo"]
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert ok.returncode == 0 and "ORTHANC@127.0.0.1" in ok.stdout and "OK" in ok.stdout
+    down = subprocess.run(cmd + ["--dest-port", str(free_port())], capture_output=True, text=True, timeout=60,
+                          cwd=REPO_ROOT)
+    assert down.returncode == 1 and "FAILED" in down.stdout
+
+
+def _assert_mask_in_patient_coordinates(seg: hd.seg.Segmentation) -> None:
+    """The SEG's non-empty frames sit at the blob's slices, and its pixels on the patient's left (+x, LPS)."""
+    positions = [np.asarray(f.PlanePositionSequence[0].ImagePositionPatient, float)
+                 for f in seg.PerFrameFunctionalGroupsSequence]
+    assert len(positions) == SLICES, "one frame per source slice"
+    frames = seg.pixel_array
+    hit_z = sorted(p[2] for p, frame in zip(positions, frames) if frame.any())
+    assert hit_z == pytest.approx([slice_z(k) for k in BLOB_SLICES])
+    expected = np.zeros((SIZE, SIZE), bool)
+    expected[BLOB_ROWS, BLOB_COLS] = True
+    for p, frame in zip(positions, frames):
+        if frame.any():
+            assert np.array_equal(frame.astype(bool), expected)
+    cols = np.nonzero(expected.any(axis=0))[0]
+    x_mm = ORIGIN[0] + cols * SPACING
+    assert (x_mm > 0).all(), "the blob lies on the patient's left"
+
+
+def test_destination_down_then_up(orthanc_factory, node_factory, ct_study) -> None:
+    node_port = free_port()
+    source = orthanc_factory(node_port, name="source")
+    destination = orthanc_factory(node_port, start=False, name="pacs")
+    node = node_factory(port=node_port, destination={
+        "host": "127.0.0.1", "port": destination.dicom_port, "ae_title": destination.aet})
+
+    send_study_from_orthanc(source, ct_study["files"])
+    wait_for(lambda: "send attempt 2 failed" in node.log(), 30, "two failed send attempts")
+    assert node.status()["counts"]["sending"] == 1
+    orthanc_factory.start(destination)
+    wait_for_seg(destination, timeout=30)
+    wait_for(lambda: node.jobs("done"), 10, "the job to reach done/")
+    assert node.jobs("failed") == []
+
+
+def test_results_that_cannot_be_sent_are_kept_in_failed(node_factory, ct_study) -> None:
+    node = node_factory(send_max_attempts=2, destination={"host": "127.0.0.1", "port": free_port(),
+                                                          "ae_title": "NOBODY"})
+    c_store(node.port, "ORTHANC", ct_study["files"])
+    [failed] = wait_for(lambda: node.jobs("failed"), 30, "the unsendable results to reach failed/")
+    assert "sending failed 2 times, giving up: NOBODY@127.0.0.1" in (failed / "error.txt").read_text()
+    assert [p.name for p in (failed / "output").iterdir()] == ["seg.dcm"], "the SEG is kept"
+    assert len(list((failed / "input").glob("*.dcm"))) == SLICES
+
+
+def test_killed_while_pending_then_processed_once(orthanc_factory, node_factory, ct_study) -> None:
+    node_port = free_port()
+    orthanc = orthanc_factory(node_port)
+    node = node_factory(port=node_port, quiet_seconds=3.0, destination={
+        "host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet})
+
+    send_study_from_orthanc(orthanc, ct_study["files"])
+    node.kill()  # inside the quiet time: the study is received but not complete yet
+    pending = node.work_dir / "incoming" / ct_study["study_uid"]
+    assert len(list(pending.glob("*.dcm"))) == SLICES
+    assert orthanc.seg_instances() == []
+
+    node.start()
+    wait_for_seg(orthanc)
+    wait_for(lambda: node.jobs("done"), 10, "the job to reach done/")
+    time.sleep(4.0)  # longer than the quiet time: a second run would have been queued by now
+    assert len(orthanc.seg_instances()) == 1
+    assert len(node.jobs("done")) == 1 and node.jobs("failed") == [] and node.jobs("queued") == []
+
+
+def test_killed_while_running_then_processed_once(orthanc_factory, node_factory, ct_study) -> None:
+    node_port = free_port()
+    orthanc = orthanc_factory(node_port)
+    node = node_factory(port=node_port, pipeline_options={"delay_seconds": 3.0}, destination={
+        "host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet})
+
+    send_study_from_orthanc(orthanc, ct_study["files"])
+    [running] = wait_for(lambda: node.jobs("running"), 20, "the study to start running")
+    pid = wait_for(lambda: json.loads((running / "job.json").read_text())["pipeline_pid"], 10, "the pipeline pid")
+    node.kill()
+    # The orphaned pipeline process notices that the node is gone and exits: it never races the restarted node.
+    wait_for(lambda: not _alive(pid), 10, f"the orphaned pipeline process {pid} to exit")
+    node.start()
+    assert "was interrupted while running; queued again" in node.log()
+    wait_for_seg(orthanc, timeout=60)
+    wait_for(lambda: node.jobs("done"), 10, "the job to reach done/")
+    assert len(node.jobs("done")) == 1 and node.jobs("failed") == []
+    assert len(orthanc.seg_instances()) == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_unknown_calling_ae_is_rejected(node_factory, ct_study) -> None:
+    node = node_factory()
+    ae = AE(ae_title="INTRUDER")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)
+    assert assoc.is_rejected
+    wait_for(lambda: "association from INTRUDER" in node.log(), 5, "the rejection to be logged")
+    assert "not in allowed_calling_aets" in node.log()
+    assert list((node.work_dir / "incoming").glob("*/*.dcm")) == []
+
+
+def test_broken_study_fails_and_node_keeps_serving(orthanc_factory, node_factory, tmp_path: Path) -> None:
+    node_port = free_port()
+    orthanc = orthanc_factory(node_port)
+    node = node_factory(port=node_port, destination={
+        "host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet})
+    broken = write_ct_study(tmp_path / "broken", skip_slice=3, patient_id="BROKEN")
+    good = write_ct_study(tmp_path / "good", patient_id="GOOD")
+
+    send_study_from_orthanc(orthanc, broken["files"])
+    [failed] = wait_for(lambda: node.jobs("failed"), 30, "the broken study to fail")
+    error = (failed / "error.txt").read_text()
+    assert "processing failed: GeometryError" in error and "not a regular volume" in error
+    assert len(list((failed / "input").glob("*.dcm"))) == SLICES - 1, "the received instances are kept"
+    assert "Traceback" in (failed / "job.log").read_text()
+    assert f"study {broken['study_uid']}: failed" in node.log()
+
+    send_study_from_orthanc(orthanc, good["files"])
+    seg = pydicom.dcmread(pydicom.filebase.DicomBytesIO(wait_for_seg(orthanc)))
+    assert seg.StudyInstanceUID == good["study_uid"]
+    assert node.status()["counts"]["failed"] == 1

@@ -1,0 +1,142 @@
+"""The node's parts in-process: config checks, the spool's state moves and restart recovery, the pipeline runner."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy_app.node.__main__ import main
+from deploy_app.node.config import load_config
+from deploy_app.node.inbox import Inbox
+from deploy_app.node.pipeline import PipelineError, PipelineRunner, check_pipeline
+from deploy_app.node.sender import dicom_files
+from spleenseg.errors import InputError
+
+import node_seg_pipeline
+
+
+# ---- config ------------------------------------------------------------------------------------------------
+def test_yaml_config_and_command_line_overrides(tmp_path: Path) -> None:
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text("work_dir: /srv/spleen\nallowed_calling_aets: [PACS1, PACS2]\nport: 104\n"
+                   "destination: {host: pacs.local, port: 4242, ae_title: PACS1}\n")
+    config = load_config(cfg, {"port": 11112, "destination.port": 11113, "workers": None})
+    assert config.port == 11112 and config.workers == 1
+    assert config.destination.host == "pacs.local" and config.destination.port == 11113
+    assert config.allowed_calling_aets == ["PACS1", "PACS2"]
+
+
+def test_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy_app" / "node" / "examples" / "node.yaml"
+    config = load_config(example)
+    assert config.ae_title == "SPLEENSEG" and config.destination.ae_title == "ORTHANC"
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"allowed_calling_aets": []}, "allowed_calling_aets is empty"),
+    ({"allowed_calling_aets": ["A"], "prot": 1}, "unknown option(s) ['prot']"),
+    ({"allowed_calling_aets": ["A"], "port": 70000}, "port: 70000 is not a valid TCP port"),
+    ({"allowed_calling_aets": ["WAY_TOO_LONG_AE_TITLE"]}, "not a valid AE title"),
+    ({"allowed_calling_aets": ["A"], "destination": {"host": "x", "port": 104}},
+     "missing required option(s) ['ae_title']"),
+    ({"allowed_calling_aets": ["A"], "pipeline": "deploy_app.run"}, "module:function"),
+])
+def test_bad_config_is_one_clear_error(tmp_path: Path, values: dict, message: str) -> None:
+    cfg = tmp_path / "node.json"
+    cfg.write_text(json.dumps({"work_dir": str(tmp_path / "w"), **values}))
+    with pytest.raises(InputError) as err:
+        load_config(cfg)
+    assert message in str(err.value)
+
+
+def test_cli_reports_config_errors_and_prints_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["--config", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json: config file not found" in capsys.readouterr().err
+    assert main(["--work-dir", str(tmp_path), "--allowed-calling-aets", "PACS,ROUTER", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["allowed_calling_aets"] == ["PACS", "ROUTER"] and printed["pipeline"] == "deploy_app:run"
+
+
+# ---- spool -------------------------------------------------------------------------------------------------
+def test_store_quiet_time_and_resend_of_same_instance(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path)
+    inbox.store("1.2.3", "1.2.3.1", b"a", "PACS")
+    inbox.store("1.2.3", "1.2.3.1", b"b", "PACS")  # the PACS re-sends: replaced, not duplicated
+    inbox.store("1.2.3", "1.2.3.2", b"c", "PACS")
+    assert inbox.receiving() == {"1.2.3": 2}
+    assert inbox.take_quiet_studies(quiet_seconds=60) == []
+    [job] = inbox.take_quiet_studies(quiet_seconds=0)
+    assert job.instances == 2 and job.calling_aets == ["PACS"]
+    inp = tmp_path / "queued" / job.job_id / "input"
+    assert (inp / "1.2.3.1.dcm").read_bytes() == b"b"
+    assert not (tmp_path / "incoming" / "1.2.3").exists()
+    assert list((tmp_path / "incoming" / ".tmp").iterdir()) == []
+
+
+def test_recover_after_a_crash(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path)
+    inbox.store("1.2.4", "1.2.4.1", b"a", "PACS")
+    inbox.store("1.2.5", "1.2.5.1", b"a", "PACS")
+    interrupted, finished = inbox.take_quiet_studies(0)
+    inbox.store("1.2.3", "1.2.3.1", b"a", "PACS")  # a study still inside its quiet time
+    inbox.store("1.2.3", "1.2.3.2", b"a", "PACS")
+    (tmp_path / "incoming" / ".tmp" / "x.part").write_bytes(b"half")  # a write cut by the crash
+    for job in (interrupted, finished):
+        inbox.move(job, "running")
+    (inbox.job_dir(interrupted) / "output.partial").mkdir()
+    (inbox.job_dir(finished) / "output").mkdir()
+
+    restarted = Inbox(tmp_path)
+    restarted.recover()
+    assert list((tmp_path / "incoming" / ".tmp").iterdir()) == []
+    assert restarted.receiving() == {"1.2.3": 2}  # pending study resumes its quiet time
+    assert restarted.jobs_in("queued") == [interrupted.job_id]
+    assert not (tmp_path / "queued" / interrupted.job_id / "output.partial").exists()
+    assert restarted.jobs_in("outbox") == [finished.job_id]  # not processed a second time
+    assert restarted.jobs_in("running") == []
+
+
+# ---- pipeline runner ---------------------------------------------------------------------------------------
+def _runner(tmp_path: Path, func: object, timeout: float = 60, **options: object) -> tuple[PipelineRunner, Path]:
+    job = tmp_path / "job"
+    (job / "input").mkdir(parents=True)
+    (job / "out").mkdir()
+    return PipelineRunner(func, None, dict(options), timeout), job
+
+
+@pytest.mark.parametrize("func, expected", [
+    (node_seg_pipeline.failing, "InputError: "),
+    ("node_seg_pipeline:crashing", "exit code 139"),
+])
+def test_pipeline_failure_is_a_clear_reason(tmp_path: Path, func: object, expected: str) -> None:
+    runner, job = _runner(tmp_path, func)
+    with pytest.raises(PipelineError) as err:
+        runner.run(job / "input", job / "out", job / "job.log")
+    assert expected in str(err.value)
+    if expected.startswith("InputError"):
+        assert "no CT series matches the selection rules" in str(err.value)
+        assert "Traceback" in (job / "job.log").read_text()
+
+
+def test_pipeline_timeout_kills_the_run(tmp_path: Path) -> None:
+    runner, job = _runner(tmp_path, "node_seg_pipeline:sleeping", timeout=3)
+    t0 = time.monotonic()
+    with pytest.raises(PipelineError, match="did not finish within job_timeout_seconds=3; killed"):
+        runner.run(job / "input", job / "out", job / "job.log")
+    assert time.monotonic() - t0 < 20
+
+
+def test_pipeline_that_cannot_be_found_fails_at_start_up() -> None:
+    with pytest.raises(InputError, match="module 'no_such_module' is not importable"):
+        check_pipeline("no_such_module:run")
+    with pytest.raises(InputError, match="module-level function"):
+        check_pipeline(lambda *a: None)
+
+
+def test_only_dicom_files_are_sent(tmp_path: Path) -> None:
+    (tmp_path / "spleen_report.json").write_text("{}")
+    (tmp_path / "seg.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 10)
+    assert [p.name for p in dicom_files(tmp_path)] == ["seg.dcm"]
