@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   - the main job on the embedded default
+#   make demo   - the main job on the embedded default (make demo TRAIN=1 also trains on phantoms)
 #   make test   - the test suite
 # Both create .venv/ on first use (make setup is idempotent).
 PYTHON  ?= python3
@@ -20,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m spleenseg.demo --out $(DEMO_DIR)
+	$(PY) -m spleenseg.demo --out $(DEMO_DIR) $(if $(TRAIN),--train)
 
 test: setup
 	$(PY) -m pytest tests
