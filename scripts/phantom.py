@@ -33,7 +33,7 @@ from spleenseg.phantom import (
     write_dicom_study,
     write_nifti,
 )
-from spleenseg.phantom._atomic import atomic_dir, ensure_writable_dir
+from spleenseg.atomic import atomic_dir, ensure_writable_dir
 
 
 def _count(name: str, value: object, minimum: int = 0) -> int:

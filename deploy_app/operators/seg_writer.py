@@ -17,10 +17,11 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
-from pydicom.sr.codedict import codes
 
 from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
 from monai.deploy.core.domain.dicom_series_selection import StudySelectedSeries
+
+from spleenseg.dicom.seg import spleen_segment_description
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +41,7 @@ class AlgorithmInfo:
 
 def segment_description(algorithm: AlgorithmInfo) -> hd.seg.SegmentDescription:
     """Segment 1, "Spleen": SNOMED CT category Organ, type Spleen, automatic AI algorithm."""
-    return hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="Spleen",
-        segmented_property_category=codes.SCT.Organ,
-        segmented_property_type=codes.SCT.Spleen,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name=algorithm.name[:64], family=codes.cid7162.ArtificialIntelligence, version=algorithm.version[:64]),
-        tracking_id="spleen",
-        tracking_uid=hd.UID(),
-    )
+    return spleen_segment_description(algorithm.name, algorithm.version, tracking_id="spleen")
 
 
 def build_seg(mask: np.ndarray, source: list, algorithm: AlgorithmInfo) -> hd.seg.Segmentation:

@@ -12,7 +12,6 @@ import logging
 import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from spleenseg.atomic import atomic_dir
 from spleenseg.dicom.nifti import save_nifti, write_json
 from spleenseg.errors import GeometryError, InputError
 from spleenseg.orientation import check_spleen_left, flip_lr_header
@@ -149,9 +149,7 @@ def build_dataset(images: str | os.PathLike, labels: str | os.PathLike, out: str
             log.warning("case %s: header mirrored left/right (--flip-lr)", pair.case)
         loaded.append((pair, img, lab))
     train, val = split_cases([p.case for p in pairs], val_fraction, seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         for pair, img, lab in tqdm(loaded, desc="writing dataset", unit="case", disable=not progress):
             _write_case(img, tmp / "imagesTr" / f"{pair.case}.nii.gz", pair.image, pair.case in flipped)
             save_nifti(nib.Nifti1Image(np.asarray(lab.dataobj).astype(np.uint8), lab.affine, lab.header),
@@ -167,12 +165,6 @@ def build_dataset(images: str | os.PathLike, labels: str | os.PathLike, out: str
             "flipped_lr": flipped,
         }
         write_json(meta, tmp / "dataset.json")
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("dataset %s: %d training, %d validation, %d test cases", out, len(train), len(val), len(tests))
     return meta
 

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from spleenseg import __version__
+from spleenseg.atomic import atomic_dir
 from spleenseg.dicom.nifti import save_nifti, to_ras_nifti, volume_to_nifti, write_json
 from spleenseg.dicom.scan import SeriesGroup, read_header, scan_dicom
 from spleenseg.dicom.seg import load_label_image, read_seg_labels, referenced_series_uids, resample_label_to_image
@@ -62,9 +62,7 @@ def group_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, link:
     if Path(in_dir).resolve() in out.resolve().parents or Path(in_dir).resolve() == out.resolve():
         raise InputError(f"{out}: output folder must not be inside the input folder {in_dir}")
     groups = scan_dicom(in_dir, workers=workers, progress=progress, slices_per_group=slices_per_group)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         entries = []
         for g in tqdm(groups, desc="laying out series", unit="series", disable=not progress):
             rel_dir = Path(g.patient_dir) / g.study_dir / g.series_dir
@@ -81,12 +79,6 @@ def group_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, link:
         manifest = {"created_by": f"spleenseg {__version__} prepare_data.py group", "source": str(in_dir),
                     "linked": bool(link), "slices_per_group": slices_per_group, "series": entries}
         write_json(manifest, tmp / MANIFEST)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("grouped %d series into %s", len(groups), out)
     return groups
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import nibabel as nib
 import numpy as np
+from pydicom.sr.codedict import codes
 
 from spleenseg.errors import GeometryError, InputError
 
@@ -22,6 +24,28 @@ log = logging.getLogger(__name__)
 
 #: LPS (DICOM, NRRD "left-posterior-superior") → RAS (NIfTI) on the world side of an affine.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def spleen_segment_description(algorithm_name: str, algorithm_version: str, *,
+                               family: Any = codes.cid7162.ArtificialIntelligence,
+                               tracking_id: str | None = None) -> hd.seg.SegmentDescription:
+    """Segment 1, "Spleen" (SNOMED CT category Organ, type Spleen), made by an automatic algorithm.
+
+    One definition for every SEG the project writes (deploy app, phantoms, tests), so that viewers and PACS see
+    the same coded concept whoever wrote the file. ``family`` is a CID 7162 code (AI for a model, morphological
+    operations for a label made by construction); ``tracking_id`` adds a tracking ID and a fresh tracking UID.
+    """
+    tracking = {"tracking_id": tracking_id, "tracking_uid": hd.UID()} if tracking_id else {}
+    return hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="Spleen",
+        segmented_property_category=codes.SCT.Organ,
+        segmented_property_type=codes.SCT.Spleen,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=algorithm_name[:64], family=family, version=algorithm_version[:64]),
+        **tracking,
+    )
 
 
 def referenced_series_uids(seg: hd.seg.Segmentation) -> set[str]:

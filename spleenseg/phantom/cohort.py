@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from spleenseg.errors import InputError
-from spleenseg.phantom._atomic import atomic_dir
+from spleenseg.atomic import atomic_dir
 from spleenseg.phantom.anatomy import make_phantom
 from spleenseg.phantom.dicom import write_dicom_study
 from spleenseg.phantom.nifti import write_nifti

@@ -31,7 +31,7 @@ from pydicom.uid import (
 
 from spleenseg import __version__
 from spleenseg.errors import InputError
-from spleenseg.phantom._atomic import atomic_file, ensure_writable_dir
+from spleenseg.atomic import atomic_file, ensure_writable_dir
 from spleenseg.phantom.anatomy import Phantom
 
 MANUFACTURER = "spleenseg"
@@ -426,20 +426,14 @@ def write_seg(ph: Phantom, ct_paths_or_datasets: Iterable[str | Path | Dataset],
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
+    from spleenseg.dicom.seg import spleen_segment_description
+
     sources = [d if isinstance(d, Dataset) else pydicom.dcmread(d) for d in ct_paths_or_datasets]
     if not sources:
         raise InputError(f"{out_path}: no CT images given to reference in the SEG")
     mask = np.stack([_label_on_frame(ph, d) for d in sources])
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="Spleen",
-        segmented_property_category=codes.SCT.Organ,
-        segmented_property_type=codes.SCT.Spleen,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name="spleenseg phantom (label by construction)", version=__version__,
-            family=codes.cid7162.MorphologicalOperations),
-    )
+    description = spleen_segment_description("spleenseg phantom (label by construction)", __version__,
+                                             family=codes.cid7162.MorphologicalOperations)
     seg_series = phantom_uid(sources[0].SeriesInstanceUID, "seg", series_number)
     seg = hd.seg.Segmentation(
         source_images=sources,

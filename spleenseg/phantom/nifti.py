@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from spleenseg.phantom._atomic import atomic_file
+from spleenseg.atomic import atomic_file
 from spleenseg.phantom.anatomy import Phantom
 
 

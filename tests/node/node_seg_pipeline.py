@@ -15,8 +15,8 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 import pydicom
-from pydicom.sr.codedict import codes
 
+from spleenseg.dicom.seg import spleen_segment_description
 from spleenseg.errors import GeometryError, InputError
 
 THRESHOLD_HU = 30.0
@@ -59,15 +59,7 @@ def threshold_seg(input_dir: str, output_dir: str, model_path: str | None = None
 
 
 def _spleen_segment() -> hd.seg.SegmentDescription:
-    return hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="Spleen",
-        segmented_property_category=codes.SCT.Organ,
-        segmented_property_type=codes.SCT.Spleen,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name="threshold", version="1", family=codes.cid7162.ArtificialIntelligence),
-    )
+    return spleen_segment_description("threshold", "1")
 
 
 # ---- pipelines that misbehave, for the runner's tests ---------------------------------------------------------
