@@ -9,6 +9,7 @@ Commands (``python scripts/prepare_data.py <command> --help`` for details)::
     dataset IMAGES LABELS OUT [--val-fraction 0.2] [--seed 0] [--flip-lr] [--spleen-label 1]
     download_msd OUT [--url URL] [--md5 MD5]                     Task09_Spleen via MONAI, MD5-checked
     check_orientation LABEL [IMAGE]                              is the spleen on the patient's left?
+    real_cases OUT [--phantoms 32] [--seed 0]                    real labelled CT (fixed split) + realistic phantoms
 
 Errors print one line naming the file and the problem and exit with status 2. Inputs are never changed.
 """
@@ -83,8 +84,26 @@ def check_orientation(label: str, image: str | None = None, spleen_label: int = 
         f" ({r.offset_mm:+.0f} mm from the body midline)" if r.offset_mm is not None else "")
 
 
+def real_cases(out: str, phantoms: int = 32, seed: int = 0, real_ct: str | None = None,
+               workers: int | None = None) -> str:
+    """Build OUT/real (the real labelled CT of ../shared/data/real_ct: spleen_8 header mirrored back with
+    --flip-lr, TotalSegmentator crop reduced to label 1, DTU DICOM slices + PNG masks; fixed split, the
+    TotalSegmentator crop held out) and OUT/phantoms (domain-randomised phantoms; --phantoms 0 skips them)."""
+    from pathlib import Path
+
+    from spleenseg.dataset.real import REAL_CT_DIR, build_phantom_dataset, build_real_dataset
+
+    meta = build_real_dataset(Path(out) / "real", real_ct or REAL_CT_DIR)
+    msg = f"{out}/real/dataset.json: split {meta['split']}"
+    if phantoms:
+        pm = build_phantom_dataset(Path(out) / "phantoms", n=phantoms, seed=seed, workers=_workers(workers))
+        msg += (f"\n{out}/phantoms/dataset.json: {len(pm['training'])} training, {len(pm['validation'])} "
+                f"validation, {len(pm['test'])} test")
+    return msg
+
+
 COMMANDS = {"group": group, "to_nifti": to_nifti, "labels": labels, "dataset": dataset,
-            "download_msd": download_msd, "check_orientation": check_orientation}
+            "download_msd": download_msd, "check_orientation": check_orientation, "real_cases": real_cases}
 
 if __name__ == "__main__":
     run_fire(COMMANDS, name="prepare_data.py")

@@ -1,0 +1,138 @@
+"""Real labelled CT prepared for training (spleenseg.dataset.real): geometry checked in patient coordinates.
+
+Each case must end with its spleen on the patient's left (spleen_8's mirrored header fixed), image and label
+on one grid, the DTU PNG masks on the right pixels of the right slices, and the held-out case kept out of the
+training and validation lists.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from spleenseg.dataset.real import DTU_SLABS, build_real_dataset, mask_to_grid, realistic_phantom_specs
+from spleenseg.errors import GeometryError
+from spleenseg.orientation import OrientationWarning, spleen_side
+from spleenseg.paths import REPO_ROOT
+
+CASES = ("msd_spleen_8", "ts_abdomen_crop", "dtu_slab_a", "dtu_slab_b")
+
+
+@pytest.fixture(scope="module")
+def real_ds(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("real") / "real"
+    with pytest.warns(OrientationWarning, match=r"msd_spleen_8\.nii\.gz: .*RIGHT"):  # flagged, then fixed
+        build_real_dataset(out, shared_data / "real_ct", progress=False)
+    return out
+
+
+def _pairs(root: Path) -> dict[str, tuple[Path, Path]]:
+    meta = json.loads((root / "dataset.json").read_text())
+    entries = meta["training"] + meta["validation"]
+    pairs = {Path(e["image"]).name[:-7]: (root / e["image"], root / e["label"]) for e in entries}
+    pairs.update({Path(i).name[:-7]: (root / i, root / lab) for i, lab in zip(meta["test"], meta["test_labels"])})
+    return pairs
+
+
+def test_every_case_on_one_grid_with_spleen_on_the_left(real_ds: Path) -> None:
+    pairs = _pairs(real_ds)
+    assert sorted(pairs) == sorted(CASES)
+    for case, (img_p, lab_p) in pairs.items():
+        img, lab = nib.load(img_p), nib.load(lab_p)
+        assert img.shape == lab.shape, case
+        np.testing.assert_allclose(img.affine, lab.affine, atol=1e-4, err_msg=case)
+        assert set(np.unique(np.asarray(lab.dataobj)).tolist()) == {0, 1}, case
+        side = spleen_side(lab, img)
+        assert side.side == "left" and side.offset_mm > 50, (case, side)  # RAS x of spleen < body midline
+
+
+def test_spleen8_header_was_mirrored_back_and_voxels_untouched(real_ds: Path, shared_data: Path) -> None:
+    meta = json.loads((real_ds / "dataset.json").read_text())
+    assert meta["flipped_lr"] == ["msd_spleen_8"]
+    src = nib.load(shared_data / "real_ct" / "msd_spleen8_downsampled_label.nii.gz")
+    assert spleen_side(src, shared_data / "real_ct" / "msd_spleen8_downsampled.nii.gz").side == "right"
+    out = nib.load(real_ds / "labelsTr" / "msd_spleen_8.nii.gz")
+    assert np.array_equal(np.asarray(out.dataobj), np.asarray(src.dataobj))
+    assert np.sign(out.affine[0, 0]) == -np.sign(src.affine[0, 0])  # only the LR axis of the header changed
+
+
+def test_fixed_split_holds_out_totalsegmentator_crop(real_ds: Path) -> None:
+    meta = json.loads((real_ds / "dataset.json").read_text())
+    listed = json.dumps(meta["training"] + meta["validation"])
+    assert "ts_abdomen_crop" not in listed
+    assert meta["test"] == ["./imagesTs/ts_abdomen_crop.nii.gz"]
+    assert [e["label"] for e in meta["validation"]] == ["./labelsTr/dtu_slab_b.nii.gz"]
+    lab = nib.load(real_ds / meta["test_labels"][0])
+    assert int(np.asarray(lab.dataobj).sum()) == 9452  # TotalSegmentator label 1 only (README: 9,452 voxels)
+    assert "dtu_spleen_slab/Training.dcm" in meta["excluded"]
+
+
+@pytest.mark.parametrize("case", sorted(DTU_SLABS))
+def test_dtu_masks_land_on_their_slice_and_on_spleen(real_ds: Path, shared_data: Path, case: str) -> None:
+    """Each PNG lands on the slice at its DICOM z, pixel for pixel; inside is native spleen HU and a ring
+    around it is fat (a mask shifted by 5 px or mirrored left/right puts the ring in liver/muscle, >= 0 HU)."""
+    img = nib.load(real_ds / "imagesTr" / f"{case}.nii.gz")
+    lab = np.asarray(nib.load(real_ds / "labelsTr" / f"{case}.nii.gz").dataobj) > 0
+    hu = np.asarray(img.dataobj).astype(float)
+    assert lab.shape[2] == 3
+    for name in DTU_SLABS[case]:
+        ds = pydicom.dcmread(shared_data / "real_ct" / "dtu_spleen_slab" / f"{name}.dcm", stop_before_pixels=True)
+        k = int(np.rint((np.linalg.inv(img.affine) @ [0, 0, float(ds.ImagePositionPatient[2]), 1])[2]))
+        png = np.asarray(Image.open(shared_data / "real_ct" / "dtu_spleen_slab" / f"{name}_spleen.png")) > 0
+        assert lab[:, :, k].sum() == png.sum() > 1000, name
+        inside, mask2d = hu[:, :, k][lab[:, :, k]], lab[:, :, k]
+        ring = ndimage.binary_dilation(mask2d, iterations=4) & ~mask2d
+        assert 30.0 <= inside.mean() <= 70.0, (name, inside.mean())
+        assert hu[:, :, k][ring].mean() < -20.0, name
+
+
+def test_mask_of_wrong_size_or_off_grid_is_refused(shared_data: Path, tmp_path: Path) -> None:
+    ds = pydicom.dcmread(shared_data / "real_ct" / "dtu_spleen_slab" / "Test1.dcm", stop_before_pixels=True)
+    affine = np.diag([-0.686, -0.686, 3.0, 1.0])
+    affine[:3, 3] = [175.7812, 175.7812, 1596.0]
+    mask = np.zeros((512, 512), bool)
+    mask[300:310, 400:410] = True
+    idx = mask_to_grid(mask, ds, affine, (512, 512, 3), "ok")
+    assert set(idx[:, 2].tolist()) == {0} and idx[:, 0].min() == 400 and idx[:, 1].min() == 300  # (col, row)
+    shifted = affine.copy()
+    shifted[0, 3] += 0.3  # half a pixel off: not the same grid
+    with pytest.raises(GeometryError, match="voxel centres"):
+        mask_to_grid(mask, ds, shifted, (512, 512, 3), "off-grid")
+
+
+def test_cli_refuses_nonempty_output_and_missing_data(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    (out / "real").mkdir(parents=True)
+    (out / "real" / "x.txt").write_text("keep me")
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_data.py"), "real_cases", str(out), "--phantoms", "0"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "not empty" in r.stderr
+    assert (out / "real" / "x.txt").read_text() == "keep me"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = subprocess.run(cmd[:3] + [str(tmp_path / "new"), "--phantoms", "0", "--real_ct", str(empty)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "msd_spleen8_downsampled.nii.gz" in r.stderr
+    assert not (tmp_path / "new" / "real").exists()
+
+
+def test_realistic_phantoms_span_the_real_acquisitions() -> None:
+    from spleenseg.phantom import make_phantom
+
+    specs = realistic_phantom_specs(16, seed=0)
+    assert specs == realistic_phantom_specs(16, seed=0)  # deterministic
+    assert {s.phase for s in specs} == {"native", "portal"}
+    assert min(s.spacing[2] for s in specs) <= 2.0 and max(s.spacing[2] for s in specs) >= 5.0
+    assert max(s.noise_sd for s in specs) - min(s.noise_sd for s in specs) > 10.0
+    small = specs[0].replace(shape=(64, 64, 24), spacing=(5.0, 5.0, 8.0))
+    ph = make_phantom(small)
+    assert ph.label.any() and ph.spleen_centroid_ras()[0] < 0  # RAS x < 0: the patient's left
