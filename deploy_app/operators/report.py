@@ -18,6 +18,7 @@ import numpy as np
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from deploy_app.volume_io import LPS_TO_RAS
+from spleenseg.orientation import check_spleen_left
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,26 @@ def write_stl(mask: np.ndarray, affine_lps: np.ndarray, path: Path) -> None:
     surface.save(str(path))
 
 
-def write_nifti(mask: np.ndarray, affine_lps: np.ndarray, path: Path) -> None:
+def mask_nifti(mask: np.ndarray, affine_lps: np.ndarray) -> nib.Nifti1Image:
     """The mask as NIfTI: (column, row, slice) voxels with the RAS affine, same grid as the source."""
     affine_ras = LPS_TO_RAS @ affine_lps[:, [2, 1, 0, 3]]
-    nib.save(nib.Nifti1Image(np.transpose(mask, (2, 1, 0)).astype(np.uint8), affine_ras), str(path))
+    return nib.Nifti1Image(np.transpose(mask, (2, 1, 0)).astype(np.uint8), affine_ras)
+
+
+def write_nifti(mask: np.ndarray, affine_lps: np.ndarray, path: Path) -> None:
+    """Save :func:`mask_nifti` to ``path``."""
+    nib.save(mask_nifti(mask, affine_lps), str(path))
+
+
+def spleen_side_entry(mask: np.ndarray, affine_lps: np.ndarray, series_uid: str) -> dict[str, Any]:
+    """Report fields of the orientation sanity check (spleen belongs on the patient's left).
+
+    Without the CT at hand the body midline is the centre of the field of view, which scanners centre on the
+    patient; a spleen on the right is logged as a warning naming the series (mirrored data or situs inversus).
+    """
+    side = check_spleen_left(mask_nifti(mask, affine_lps), name=f"series {series_uid}")
+    return {"spleen_side": side.side,
+            "spleen_left_of_midline_mm": None if side.offset_mm is None else round(side.offset_mm, 1)}
 
 
 class SpleenReportOperator(Operator):
@@ -109,6 +126,7 @@ class SpleenReportOperator(Operator):
             "seg_sop_instance_uid": str(seg.SOPInstanceUID),
             "generated_uids": getattr(series, "generated_uids", {}),
             **mask_measurements(mask, affine, [ds.get("InstanceNumber") for ds in record["source"]]),
+            **spleen_side_entry(mask, affine, uid),
         }
         if self.stl and entry["spleen_voxels"]:
             entry["stl_file"] = f"spleen_{uid}.stl"
