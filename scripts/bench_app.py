@@ -86,6 +86,16 @@ def make_study(folder: Path, slices: int, seed: int = 3) -> Path:
     return folder
 
 
+#: Model-zoo ``spleen_ct_segmentation`` inference settings (as used by the SDK's spleen example).
+MODEL_ZOO_INFERER = {"roi_size": [96, 96, 96], "sw_batch_size": 4, "overlap": 0.5, "sw_mode": "constant"}
+MODEL_ZOO_POSTPROCESSING = [
+    {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+    {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+     "nearest_interp": False, "to_tensor": True},
+    {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+]
+
+
 def prepare_models(model: Path, work: Path) -> tuple[Path, Path]:
     """Our app takes the bundle folder; the stock chain needs a TorchScript bundle (``ckpt_export``) whose
     config has no SaveImaged (the stock operator evaluates its arguments, which in our bundle need ``scripts``)."""
@@ -109,8 +119,10 @@ def prepare_models(model: Path, work: Path) -> tuple[Path, Path]:
     stock_configs.mkdir(exist_ok=True)
     shutil.copy(bundle / "configs" / "metadata.json", stock_configs)
     config = json.loads((bundle / "configs" / "inference.json").read_text())
-    config["postprocessing_transforms"] = [t for t in config["postprocessing_transforms"]
-                                           if "SaveImage" not in str(t.get("_target_", ""))]
+    # The SDK spleen example runs the model-zoo bundle: its inferer settings and its post-processing
+    # (softmax -> Invertd of both channels -> argmax; SaveImaged dropped as the stock operator needs).
+    config.update(MODEL_ZOO_INFERER)
+    config["postprocessing_transforms"] = MODEL_ZOO_POSTPROCESSING
     (stock_configs / "inference.json").write_text(json.dumps(config))
     model_ts = work / "model.ts"
     subprocess.run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath",
