@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_known_noise()
     # Holoscan repeats every Python error as several "[error] GXF_FAILURE" lines; our own message says it all.
     os.environ.setdefault("HOLOSCAN_LOG_LEVEL", "INFO" if args.log_level == "DEBUG" else "CRITICAL")
-    warnings.filterwarnings("ignore", message="Current stack size")  # harmless on CPU, see docs/notes/deploy.md
+    warnings.filterwarnings("ignore", message="Current stack size")  # harmless on CPU, see the README, "Deployment"
     from deploy_app.runner import run
 
     try:

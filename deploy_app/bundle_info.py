@@ -1,6 +1,6 @@
 """Check a model path before starting the pipeline, and read the bundle's metadata for the SEG and report.
 
-The app accepts two kinds of model (see docs/notes/deploy.md): a MONAI bundle *folder* with
+The app accepts two kinds of model (see the README, "Deployment"): a MONAI bundle *folder* with
 ``configs/metadata.json``, ``configs/inference.json`` and ``models/model.pt`` (plain weights, no TorchScript),
 or a TorchScript bundle *file* made by ``python -m monai.bundle ckpt_export`` (metadata under ``extra/``).
 Anything else gets one clear error before any output is written.

@@ -5,7 +5,7 @@ drop the file, so a real export with blank Study/Series/SOP Instance UIDs loads 
 fails with "Missing expected input"; an empty SeriesNumber crashes it (``int(None)``); files that are truncated or not DICOM raise arbitrary exceptions or vanish
 with a warning; an empty folder and a folder without DICOM give the same unclear error.
 
-UID policy (documented in docs/notes/deploy.md):
+UID policy (documented in the README, "Deployment"):
 
 * blank SOP Instance / SOP Class UID: taken from the file meta (MediaStorageSOPInstanceUID/ClassUID), which
   is the same object's identity, so nothing is invented;

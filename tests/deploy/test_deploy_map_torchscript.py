@@ -1,5 +1,5 @@
 """The MAP way: ``python <app folder>`` from a clean copy of the app, paths from the HOLOSCAN_* environment
-variables, and a TorchScript bundle made by ``monai.bundle ckpt_export`` (as docs/notes/deploy.md packages it)."""
+variables, and a TorchScript bundle made by ``monai.bundle ckpt_export`` (as the README, "Deployment" packages it)."""
 
 from __future__ import annotations
 
