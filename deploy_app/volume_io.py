@@ -20,13 +20,12 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
+from spleenseg.coords import LPS_TO_RAS
 from spleenseg.dicom.volume import load_series_volume
 from spleenseg.errors import GeometryError
 
 log = logging.getLogger(__name__)
 
-#: LPS <-> RAS: flip the first two world axes.
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def _path(ds: pydicom.Dataset) -> str:

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
-from deploy_app.volume_io import LPS_TO_RAS
+from spleenseg.coords import LPS_TO_RAS
 from spleenseg.orientation import check_spleen_left
 
 log = logging.getLogger(__name__)

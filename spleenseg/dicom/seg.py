@@ -18,12 +18,11 @@ import nibabel as nib
 import numpy as np
 from pydicom.sr.codedict import codes
 
+from spleenseg.coords import LPS_TO_RAS
 from spleenseg.errors import GeometryError, InputError
 
 log = logging.getLogger(__name__)
 
-#: LPS (DICOM, NRRD "left-posterior-superior") → RAS (NIfTI) on the world side of an affine.
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def spleen_segment_description(algorithm_name: str, algorithm_version: str, *,

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
+from spleenseg.coords import LPS_TO_RAS
 from spleenseg.phantom.spec import PhantomSpec
 
 #: (native HU, portal-venous HU, texture SD) per tissue; portal values scale with ``spec.contrast_scale``.
@@ -93,7 +94,7 @@ class Phantom:
     @property
     def affine_lps(self) -> np.ndarray:
         """Voxel to DICOM patient (LPS) coordinates."""
-        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ self.affine
+        return LPS_TO_RAS @ self.affine
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -143,7 +144,7 @@ def grid_affine_lps(spec: PhantomSpec) -> np.ndarray:
 
 def grid_affine_ras(spec: PhantomSpec) -> np.ndarray:
     """Voxel -> RAS+ mm (the NIfTI affine)."""
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ grid_affine_lps(spec)
+    return LPS_TO_RAS @ grid_affine_lps(spec)
 
 
 class _Grid:
