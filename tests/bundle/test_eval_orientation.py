@@ -16,10 +16,12 @@ from spleenseg.paths import BUNDLE_DIR
 @pytest.fixture(scope="module")
 def check_cls():
     sys.path.insert(0, str(BUNDLE_DIR))
+    sys.modules.pop("scripts", None)  # another test may have imported a different ``scripts`` (e.g. the repo's)
     try:
         from scripts.orientation import SpleenSideCheckd
     finally:
         sys.path.remove(str(BUNDLE_DIR))
+        sys.modules.pop("scripts", None)
     return SpleenSideCheckd
 
 
