@@ -17,6 +17,7 @@ from spleenseg.phantom.cohort import FORMATS, cohort_specs, make_cohort
 from spleenseg.phantom.dicom import (
     ORIENTATIONS,
     StudyIds,
+    label_on_frame,
     phantom_uid,
     stack_geometry,
     write_dicom_series,
@@ -30,7 +31,7 @@ from spleenseg.phantom.spec import PHASES, PhantomSpec, random_spec
 
 __all__ = [
     "FORMATS", "ORIENTATIONS", "PHASES", "TISSUES", "Phantom", "PhantomSpec", "StudyIds", "cohort_specs",
-    "grid_affine_lps", "grid_affine_ras", "make_cohort", "make_phantom", "phantom_uid", "random_spec",
-    "stack_geometry", "write_dicom_series", "write_dicom_study", "write_nifti", "write_non_ct_series",
-    "write_scout", "write_seg",
+    "grid_affine_lps", "grid_affine_ras", "label_on_frame", "make_cohort", "make_phantom", "phantom_uid",
+    "random_spec", "stack_geometry", "write_dicom_series", "write_dicom_study", "write_nifti",
+    "write_non_ct_series", "write_scout", "write_seg",
 ]

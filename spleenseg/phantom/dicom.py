@@ -401,7 +401,7 @@ def write_non_ct_series(ph: Phantom, out_dir: str | Path, *, patient_id: str | N
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _label_on_frame(ph: Phantom, ds: Dataset) -> np.ndarray:
+def label_on_frame(ph: Phantom, ds: Dataset) -> np.ndarray:
     """The phantom label sampled at the pixel centres of one source image (nearest voxel, world coordinates)."""
     ipp = np.asarray(ds.ImagePositionPatient, float)
     iop = np.asarray(ds.ImageOrientationPatient, float)
@@ -431,7 +431,7 @@ def write_seg(ph: Phantom, ct_paths_or_datasets: Iterable[str | Path | Dataset],
     sources = [d if isinstance(d, Dataset) else pydicom.dcmread(d) for d in ct_paths_or_datasets]
     if not sources:
         raise InputError(f"{out_path}: no CT images given to reference in the SEG")
-    mask = np.stack([_label_on_frame(ph, d) for d in sources])
+    mask = np.stack([label_on_frame(ph, d) for d in sources])
     description = spleen_segment_description("spleenseg phantom (label by construction)", __version__,
                                              family=codes.cid7162.MorphologicalOperations)
     seg_series = phantom_uid(sources[0].SeriesInstanceUID, "seg", series_number)
