@@ -7,7 +7,8 @@ voxels near the spleen can end up at or above the threshold: a (tri)linear value
 the neighbouring model-grid voxels does. :class:`BoxInvertd` therefore resamples, with MONAI's own
 ``SpatialResample`` and the mode/padding/dtype recorded by the bundle's ``Spacingd``, only inside the source-grid
 box around the model voxels at or above the threshold (plus one voxel); everywhere else it writes 0. After the
-threshold the mask equals ``Invertd``'s (the tests compare them voxel by voxel); the probability values
+threshold the mask equals ``Invertd``'s (the tests compare them voxel by voxel; only a value within float
+rounding, ~1e-6, of the threshold could land on the other side); the probability values
 themselves are *not* kept outside the box, so the swap is made only where a threshold follows (see
 :func:`swap_thresholded_invertd`).
 
