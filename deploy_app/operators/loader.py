@@ -2,8 +2,9 @@
 
 Why not the SDK's ``DICOMDataLoaderOperator`` as is: an empty UID makes it log "Error parsing SOP Instance" and
 drop the file, so a real export with blank Study/Series/SOP Instance UIDs loads as *nothing* and the app later
-fails with "Missing expected input"; an empty SeriesNumber crashes it (``int(None)``); files that are truncated or not DICOM raise arbitrary exceptions or vanish
-with a warning; an empty folder and a folder without DICOM give the same unclear error.
+fails with "Missing expected input"; an empty SeriesNumber crashes it (``int(None)``); files that are truncated
+or not DICOM raise arbitrary exceptions or vanish with a warning; an empty folder and a folder without DICOM give
+the same unclear error.
 
 UID policy (documented in the README, "Deployment"):
 

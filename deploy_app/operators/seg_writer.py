@@ -4,8 +4,8 @@ Why not the SDK's ``DICOMSegmentationWriterOperator``: its SEG fails ``dciodvfy`
 in the Contributing Equipment Sequence unless a ``ModelInfo`` is passed), it omits empty frames by default (so
 the frame count differs from the source slice count and viewers that index frames by slice shift the mask),
 draws a random SeriesNumber, writes only the first selected series and does not tell downstream operators
-what it wrote. This writer keeps one frame per source slice (highdicom sorts them along the slice normal), takes the algorithm
-name and version from the bundle's ``metadata.json`` and emits a small record for the report.
+what it wrote. This writer keeps one frame per source slice (highdicom sorts them along the slice normal), takes
+the algorithm name and version from the bundle's ``metadata.json`` and emits a small record for the report.
 """
 
 from __future__ import annotations
@@ -101,12 +101,13 @@ class SpleenSegWriterOperator(Operator):
         """Write ``SEG_<source series UID>.dcm`` and return what the report needs."""
         selected = study_selected.selected_series[0]
         source = [s.get_native_sop_instance() for s in selected.series.get_sop_instances()]
-        seg = build_seg(np.asarray(mask) > 0, source, self.algorithm)
+        mask = np.ascontiguousarray(np.asarray(mask) > 0)  # one C-ordered copy for the SEG and the report
+        seg = build_seg(mask, source, self.algorithm)
         self.output_folder.mkdir(parents=True, exist_ok=True)
         path = self.output_folder / f"SEG_{selected.series.SeriesInstanceUID}.dcm"
         seg.save_as(path)
         log.info("wrote %s: %d frames, %d spleen voxels", path.name, int(seg.NumberOfFrames), int(mask.sum()))
         return {
-            "path": path, "seg": seg, "mask": np.asarray(mask) > 0, "source": source,
+            "path": path, "seg": seg, "mask": mask, "source": source,
             "study_selected": study_selected, "image_metadata": selected.image.metadata(),
         }

@@ -100,8 +100,9 @@ class RankedSeriesSelectorOperator(DICOMSeriesSelectorOperator):
             result.append(study_selected)
         if not result:
             n = sum(len(s.get_all_series()) for s in dicom_study_list)
+            names = [s.get("name") for s in selection_rules["selections"]]
             raise InputError(f"no series matches the selection rules among {n} series "
-                             f"(see the log for each series' reason); rules: {[s.get('name') for s in selection_rules['selections']]}")
+                             f"(see the log for each series' reason); rules: {names}")
         return result
 
     @staticmethod

@@ -1,5 +1,6 @@
 """The MAP way: ``python <app folder>`` from a clean copy of the app, paths from the HOLOSCAN_* environment
-variables, and a TorchScript bundle made by ``monai.bundle ckpt_export`` (as the README, "Deployment" packages it)."""
+variables, and a TorchScript bundle made by ``monai.bundle ckpt_export`` (as the README, "Deployment" packages it);
+and the same copy in a virtual environment that holds only ``deploy_app/requirements.txt``, as the MAP image does."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hashlib
+
 import numpy as np
 import pydicom
+import pytest
 
 import deploy_app
 from spleenseg.paths import REPO_ROOT
@@ -38,19 +42,60 @@ def map_app_folder(dest: Path) -> Path:
     return dest
 
 
+def run_app_copy(python: Path | str, app: Path, args: list[str], env: dict[str, str], cwd: Path) -> None:
+    """``python <app folder> [args]`` as the MAP container runs it; fails the test with its stderr."""
+    proc = subprocess.run([str(python), str(app), *args], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def seg_pair(out_dir: Path, reference: deploy_app.RunResult) -> tuple[np.ndarray, np.ndarray]:
+    """Frames of the one SEG in ``out_dir`` and of the reference run's SEG (same file name required)."""
+    segs = sorted(out_dir.glob("SEG_*.dcm"))
+    assert [p.name for p in segs] == [p.name for p in reference.seg_files]
+    return seg_frames(pydicom.dcmread(segs[0])), seg_frames(pydicom.dcmread(reference.seg_files[0]))
+
+
 def test_env_vars_and_torchscript_bundle_give_the_folder_bundle_result(tmp_path, small_series, trained_bundle):
     folder_result = deploy_app.run(tmp_path / "in", tmp_path / "out_folder", trained_bundle)
     model_ts = export_torchscript(trained_bundle, tmp_path / "model.ts")
-    app = map_app_folder(tmp_path / "map_app")
     env = {**os.environ, "HOLOSCAN_INPUT_PATH": str(tmp_path / "in"), "HOLOSCAN_OUTPUT_PATH": str(tmp_path / "out_ts"),
            "HOLOSCAN_MODEL_PATH": str(model_ts)}
-    proc = subprocess.run([sys.executable, str(app)], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    ts_segs = sorted((tmp_path / "out_ts").glob("SEG_*.dcm"))
-    assert [p.name for p in ts_segs] == [p.name for p in folder_result.seg_files]
-    a = seg_frames(pydicom.dcmread(ts_segs[0]))
-    b = seg_frames(pydicom.dcmread(folder_result.seg_files[0]))
+    run_app_copy(sys.executable, map_app_folder(tmp_path / "map_app"), [], env, tmp_path)
+    a, b = seg_pair(tmp_path / "out_ts", folder_result)
     assert b.sum() > 0 and dice(a, b) > 0.99
     assert (tmp_path / "out_ts" / "spleen_report.json").is_file()
     assert np.array_equal(a.shape, b.shape)
+
+
+@pytest.fixture(scope="session")
+def map_python(request) -> Path:
+    """Python of a virtual environment with only the app's requirements (no pytest, ignite, fire, matplotlib...).
+
+    Built once per machine (about 40 s with a warm pip cache) and kept in pytest's cache, keyed by the
+    requirements file and the Python version.
+    """
+    requirements = REPO_ROOT / "deploy_app" / "requirements.txt"
+    key = hashlib.sha1(requirements.read_bytes() + sys.version.encode()).hexdigest()[:12]
+    venv = request.config.cache.mkdir("map_venv") / key
+    python = venv / "bin" / "python"
+    if not (venv / ".complete").is_file():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+        proc = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r", str(requirements)],
+                              capture_output=True, text=True, timeout=1200)
+        assert proc.returncode == 0, f"pip install -r {requirements} failed:\n{proc.stderr[-3000:]}"
+        (venv / ".complete").write_text("ok\n")
+    return python
+
+
+def test_app_runs_with_only_its_own_requirements(tmp_path, small_series, trained_bundle, map_python):
+    installed = subprocess.run([str(map_python), "-m", "pip", "list", "--format=freeze"], capture_output=True,
+                               text=True, check=True).stdout.lower()
+    assert "pytorch-ignite" not in installed and "fire==" not in installed  # really only the app's requirements
+    folder_result = deploy_app.run(tmp_path / "in", tmp_path / "out_dev", trained_bundle)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    args = ["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out_map"), "-m", str(trained_bundle)]
+    run_app_copy(map_python, map_app_folder(tmp_path / "map_app"), args, env, tmp_path)
+    a, b = seg_pair(tmp_path / "out_map", folder_result)
+    assert b.sum() > 0 and np.array_equal(a, b)

@@ -92,7 +92,8 @@ def invert_both(parser: ConfigParser, orientation: str, feet_first: bool, fracti
 @pytest.mark.parametrize("orientation,feet_first", [("axial", True), ("coronal", False), ("oblique", False)])
 def test_box_invert_equals_invertd_in_patient_space(orientation, feet_first, caplog):
     caplog.set_level(logging.INFO, logger="deploy_app.operators.box_invert")
-    plain, swapped, affine, centre = invert_both(bundle_parser(pixdim=MODEL_PIXDIM), orientation, feet_first, (0.5, 0.45, 0.5))
+    parser = bundle_parser(pixdim=MODEL_PIXDIM)
+    plain, swapped, affine, centre = invert_both(parser, orientation, feet_first, (0.5, 0.45, 0.5))
     assert "not exact" not in caplog.text  # the shortcut ran
     assert plain.sum() > 500
     assert np.array_equal(plain, swapped), f"{int((plain != swapped).sum())} voxels differ"
