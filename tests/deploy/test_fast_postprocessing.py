@@ -3,7 +3,7 @@
 * ``BoxInvertd`` (deploy app) resamples only around the foreground; after the threshold its mask must equal
   ``Invertd`` + ``AsDiscreted`` voxel for voxel, on CT stored in orientations that make the bundle's
   ``Orientationd`` flip and permute axes and on an oblique (rotated) grid, and it must fall back to ``Invertd``
-  where the shortcut would not be exact.
+  where the shortcut would not be exact; the app's bundle operator really makes the swap.
 * The largest-component step of ``bundle/configs/inference.json`` runs on the model grid: islands go, the
   largest component stays, and ``--largest_cc false`` keeps both.
 """
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import deploy_app
 from deploy_app.operators.box_invert import BoxInvertd, swap_thresholded_invertd
 from deploy_app.operators.inference import strip_components
 from monai.bundle import ConfigParser
@@ -127,3 +128,10 @@ def test_largest_component_on_the_model_grid(largest_cc):
     pred = Compose(keep)({"pred": torch.softmax(logits, 0)})["pred"]
     assert bool((pred[0, 5:20, 5:20, 5:20] > 0.5).all())
     assert bool((pred[0, 30:34, 30:34, 30:34] > 0.5).any()) is not largest_cc
+
+
+def test_the_app_swaps_invertd_in_the_bundle_operator(tmp_path, small_series, trained_bundle, caplog):
+    caplog.set_level(logging.INFO, logger="deploy_app.operators.box_invert")
+    result = deploy_app.run(tmp_path / "in", tmp_path / "out", trained_bundle)
+    assert "Invertd of pred runs only around the foreground" in caplog.text
+    assert result.report["series"][0]["spleen_voxels"] > 0
