@@ -28,6 +28,7 @@ import torch
 
 from monai.data import MetaTensor
 from monai.transforms import AsDiscreted, Compose, Invertd, MapTransform, SpatialResample
+from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import TraceKeys
 
 log = logging.getLogger(__name__)
@@ -53,26 +54,22 @@ def _resample_op(image: MetaTensor) -> dict | None:
     return resamples[0]
 
 
-def source_box(fg: torch.Tensor, model_affine: np.ndarray, source_affine: np.ndarray,
+def source_box(pred: torch.Tensor, threshold: float, model_affine: np.ndarray, source_affine: np.ndarray,
                source_shape: tuple[int, ...]) -> tuple[slice, ...] | None:
-    """Source-grid index box holding every voxel whose resampled value can come from a foreground model voxel.
+    """Source-grid index box holding every voxel whose resampled value can reach ``threshold``.
 
-    ``fg`` is the (x, y, z) boolean model-grid mask. A linear sample can only reach the threshold within one
-    model voxel of ``fg``; the box's eight corners, widened by one voxel, are mapped to source indices. Returns
-    ``None`` when ``fg`` is within :data:`EDGE_MARGIN` voxels of the model grid's edge.
+    ``pred`` is the channel-first model-grid probability. A linear sample reaches the threshold only within one
+    model voxel of a voxel that does; the corners of that box, widened by one voxel, are mapped to source
+    indices. Returns ``None`` when the box comes within :data:`EDGE_MARGIN` voxels of the model grid's edge.
     """
-    lo, hi = [], []
-    for axis in range(3):
-        hits = torch.nonzero(fg.any(dim=tuple(a for a in range(3) if a != axis))).flatten()
-        lo.append(int(hits[0]) - 1)
-        hi.append(int(hits[-1]) + 1)
-        if lo[-1] < EDGE_MARGIN or hi[-1] > fg.shape[axis] - 1 - EDGE_MARGIN:
-            return None
-    corners = np.array([[*c, 1.0] for c in itertools.product(*zip(lo, hi))]).T  # (4, 8) model indices
+    start, end = generate_spatial_bounding_box(pred, select_fn=lambda x: x >= threshold, margin=1)
+    if any(a < EDGE_MARGIN or b > n - EDGE_MARGIN for a, b, n in zip(start, end, pred.shape[1:])):
+        return None
+    corners = np.array([[*c, 1.0] for c in itertools.product(*zip(start, np.subtract(end, 1)))]).T  # (4, 8)
     index = np.linalg.solve(source_affine, model_affine @ corners)[:3]  # source indices of the corners
-    start = np.clip(np.floor(index.min(axis=1) - 1e-6).astype(int), 0, np.asarray(source_shape) - 1)
-    stop = np.clip(np.ceil(index.max(axis=1) + 1e-6).astype(int) + 1, 1, np.asarray(source_shape))
-    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
+    lo = np.clip(np.floor(index.min(axis=1) - 1e-6).astype(int), 0, np.asarray(source_shape) - 1)
+    hi = np.clip(np.ceil(index.max(axis=1) + 1e-6).astype(int) + 1, 1, np.asarray(source_shape))
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
 class BoxInvertd(MapTransform):
@@ -104,10 +101,9 @@ class BoxInvertd(MapTransform):
         source_affine = np.asarray(source_affine, dtype=np.float64)
         model_affine = np.asarray(image.affine, dtype=np.float64)
         out = torch.zeros((pred.shape[0], *source_shape), dtype=torch.float32)
-        fg = (pred >= self.threshold).any(dim=0)
-        if not bool(fg.any()):
+        if not bool((pred >= self.threshold).any()):
             return MetaTensor(out, affine=torch.as_tensor(source_affine), meta=self._source_meta(image))
-        box = source_box(fg, model_affine, source_affine, source_shape)
+        box = source_box(pred, self.threshold, model_affine, source_affine, source_shape)
         if box is None:
             return None
         info = op[TraceKeys.EXTRA_INFO]

@@ -17,21 +17,13 @@ import nibabel as nib
 import numpy as np
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
+from monai.transforms.utils import generate_spatial_bounding_box
 from spleenseg.coords import LPS_TO_RAS
 from spleenseg.orientation import check_spleen_left
 
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "spleen_report.json"
-
-
-def _index_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
-    """Smallest index box holding every nonzero voxel (empty slices for an empty mask)."""
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1) if hits.size else slice(0, 0))
-    return tuple(box)  # type: ignore[return-value]
 
 
 def mask_measurements(mask: np.ndarray, affine_lps: np.ndarray, instance_numbers: list) -> dict[str, Any]:
@@ -41,7 +33,8 @@ def mask_measurements(mask: np.ndarray, affine_lps: np.ndarray, instance_numbers
     centres along the patient's S axis plus one voxel's extent along that axis.
     """
     voxel_ml = abs(float(np.linalg.det(affine_lps[:3, :3]))) / 1000.0
-    box = _index_box(mask)  # scan the full mask once per axis, then work inside the box only
+    start, end = generate_spatial_bounding_box(mask[None], select_fn=lambda m: m)  # then work inside the box only
+    box = tuple(slice(int(a), int(b)) for a, b in zip(start, end))
     inside = mask[box]
     count = int(np.count_nonzero(inside))
     slices = box[0].start + np.flatnonzero(inside.any(axis=(1, 2)))
