@@ -72,9 +72,13 @@ def write_stl(mask: np.ndarray, affine_lps: np.ndarray, path: Path) -> None:
 
 
 def mask_nifti(mask: np.ndarray, affine_lps: np.ndarray) -> nib.Nifti1Image:
-    """The mask as NIfTI: (column, row, slice) voxels with the RAS affine, same grid as the source."""
+    """The mask as NIfTI: (column, row, slice) voxels with the RAS affine, same grid as the source.
+
+    The voxels are a transposed view of ``mask`` (a bool mask is viewed as uint8), not a copy of the volume.
+    """
     affine_ras = LPS_TO_RAS @ affine_lps[:, [2, 1, 0, 3]]
-    return nib.Nifti1Image(np.transpose(mask, (2, 1, 0)).astype(np.uint8), affine_ras)
+    data = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8, copy=False)
+    return nib.Nifti1Image(np.transpose(data, (2, 1, 0)), affine_ras)
 
 
 def write_nifti(mask: np.ndarray, affine_lps: np.ndarray, path: Path) -> None:
