@@ -78,13 +78,22 @@ def sort_and_load(datasets: Sequence[pydicom.Dataset], series_uid: str) -> tuple
     return volume, slots  # type: ignore[return-value]
 
 
+def c_order(array: np.ndarray) -> np.ndarray:
+    """C-contiguous copy of a transposed (or any positively strided) array, made by torch: 2-3x faster than
+    numpy's for a 512x512x120 volume on two cores (0.16 s vs 0.28 s in float32, 0.08 s vs 0.21 s in uint8)."""
+    if array.flags["C_CONTIGUOUS"]:
+        return array
+    if any(stride < 0 for stride in array.strides):
+        return np.ascontiguousarray(array)
+    return torch.from_numpy(array).contiguous().numpy()
+
+
 def monai_array_and_affine(volume: hd.Volume) -> tuple[np.ndarray, np.ndarray]:
     """(column, row, slice) array and its RAS affine, as nibabel/MONAI expect; same voxels, no resampling.
 
-    The copy is made by torch: the SDK's bundle operator makes its input contiguous anyway, and torch's
-    permute-copy is about twice as fast as numpy's (0.16 s vs 0.28 s for a 512x512x120 CT on two cores).
+    The array is a C-ordered copy (the SDK's bundle operator would make one anyway), see :func:`c_order`.
     """
-    array = torch.from_numpy(np.ascontiguousarray(volume.array)).permute(2, 1, 0).contiguous().numpy()
+    array = c_order(np.transpose(volume.array, (2, 1, 0)))
     affine_ijk_lps = volume.affine[:, [2, 1, 0, 3]]
     return array, LPS_TO_RAS @ affine_ijk_lps
 

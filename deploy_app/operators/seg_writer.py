@@ -21,6 +21,7 @@ import numpy as np
 from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
 from monai.deploy.core.domain.dicom_series_selection import StudySelectedSeries
 
+from deploy_app.volume_io import c_order
 from spleenseg.dicom.seg import spleen_segment_description
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class SpleenSegWriterOperator(Operator):
         """Write ``SEG_<source series UID>.dcm`` and return what the report needs."""
         selected = study_selected.selected_series[0]
         source = [s.get_native_sop_instance() for s in selected.series.get_sop_instances()]
-        mask = np.ascontiguousarray(np.asarray(mask) > 0)  # one C-ordered copy for the SEG and the report
+        mask = c_order(np.asarray(mask)) > 0  # one C-ordered copy for the SEG and the report
         seg = build_seg(mask, source, self.algorithm)
         self.output_folder.mkdir(parents=True, exist_ok=True)
         path = self.output_folder / f"SEG_{selected.series.SeriesInstanceUID}.dcm"
