@@ -3,6 +3,8 @@
 Paths not given on the command line come from the environment variables the MONAI Deploy App SDK defines
 (``HOLOSCAN_INPUT_PATH``, ``HOLOSCAN_OUTPUT_PATH``, ``HOLOSCAN_MODEL_PATH``), as inside a MAP container.
 Exit codes: 0 success, 2 bad input (one message naming the file and the problem), 1 unexpected failure.
+
+The process ends with :func:`exit_without_teardown` once the result is in place: see its docstring.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 import sys
 import warnings
+from typing import NoReturn
 
 from spleenseg.errors import SpleensegError
 
@@ -86,5 +89,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_without_teardown(code: int) -> NoReturn:
+    """End the process now: flush logs and standard streams, then ``os._exit(code)``.
+
+    Why: when :func:`main` returns, every output file is closed and moved into place, yet Python's interpreter
+    teardown of torch, MONAI and Holoscan would still take about 1.1 s on two cores (some 15% of a run on a
+    512x512x120 CT) and has nothing left to do for a one-shot app. Under a profiler or a coverage tracer
+    (``sys.getprofile()``/``sys.gettrace()`` set) the normal exit is kept, so their reports are still written.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

@@ -42,11 +42,13 @@ def map_app_folder(dest: Path) -> Path:
     return dest
 
 
-def run_app_copy(python: Path | str, app: Path, args: list[str], env: dict[str, str], cwd: Path) -> None:
+def run_app_copy(python: Path | str, app: Path, args: list[str], env: dict[str, str],
+                 cwd: Path) -> subprocess.CompletedProcess:
     """``python <app folder> [args]`` as the MAP container runs it; fails the test with its stderr."""
     proc = subprocess.run([str(python), str(app), *args], env=env, capture_output=True, text=True, timeout=300,
                           cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
 
 
 def seg_pair(out_dir: Path, reference: deploy_app.RunResult) -> tuple[np.ndarray, np.ndarray]:
@@ -59,12 +61,17 @@ def seg_pair(out_dir: Path, reference: deploy_app.RunResult) -> tuple[np.ndarray
 def test_env_vars_and_torchscript_bundle_give_the_folder_bundle_result(tmp_path, small_series, trained_bundle):
     folder_result = deploy_app.run(tmp_path / "in", tmp_path / "out_folder", trained_bundle)
     model_ts = export_torchscript(trained_bundle, tmp_path / "model.ts")
-    env = {**os.environ, "HOLOSCAN_INPUT_PATH": str(tmp_path / "in"), "HOLOSCAN_OUTPUT_PATH": str(tmp_path / "out_ts"),
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},  # stdout block-buffered, as in a MAP
+           "HOLOSCAN_INPUT_PATH": str(tmp_path / "in"), "HOLOSCAN_OUTPUT_PATH": str(tmp_path / "out_ts"),
            "HOLOSCAN_MODEL_PATH": str(model_ts)}
-    run_app_copy(sys.executable, map_app_folder(tmp_path / "map_app"), [], env, tmp_path)
+    proc = run_app_copy(sys.executable, map_app_folder(tmp_path / "map_app"), [], env, tmp_path)
     a, b = seg_pair(tmp_path / "out_ts", folder_result)
     assert b.sum() > 0 and dice(a, b) > 0.99
-    assert (tmp_path / "out_ts" / "spleen_report.json").is_file()
+    # The app ends with os._exit (no interpreter teardown): what it printed and logged must still come out.
+    printed = sorted(Path(line) for line in proc.stdout.splitlines())
+    assert printed == sorted((tmp_path / "out_ts").iterdir())
+    assert (tmp_path / "out_ts" / "spleen_report.json") in printed
+    assert "done in" in proc.stderr
     assert np.array_equal(a.shape, b.shape)
 
 
