@@ -218,10 +218,15 @@ class DicomNode:
         job.note = "skipped: the study contains a result this node produced, so it was processed already"
         job.finished_at = utc_now()
         self.inbox.append_log(job, job.note)
-        done_dir = self.inbox.move(job, "done")
-        if not self.config.keep_done_inputs:
-            shutil.rmtree(done_dir / "input", ignore_errors=True)
+        self._move_to_done(job)
         log.info("study %s: %s (job %s, %d instance(s))", job.study_uid, job.note, job.job_id, job.instances)
+
+    def _move_to_done(self, job: JobRecord) -> None:
+        """Remove the received instances (unless ``keep_done_inputs``), *then* move the job to ``done/``, so a job
+        that shows up in ``done/`` is finished; removing them afterwards let observers see a half-cleaned job."""
+        if not self.config.keep_done_inputs:
+            shutil.rmtree(self.inbox.job_dir(job) / "input", ignore_errors=True)
+        self.inbox.move(job, "done")
 
     def _fail(self, job: JobRecord, reason: str, seconds: float | None = None) -> None:
         """Keep everything of a failed job in ``failed/`` with the reason; never delete it."""
@@ -286,9 +291,7 @@ class DicomNode:
         self._dest_state.update(last_ok_at=job.sent_at, last_error=None)
         self._next_send.pop(job_id, None)
         self.inbox.append_log(job, f"sent {len(sent)} file(s) to {dest.ae_title}@{dest.host}:{dest.port}")
-        done_dir = self.inbox.move(job, "done")
-        if not self.config.keep_done_inputs:
-            shutil.rmtree(done_dir / "input", ignore_errors=True)
+        self._move_to_done(job)
         log.info("study %s: sent %d file(s) to %s@%s:%d (job %s)", job.study_uid, len(sent), dest.ae_title,
                  dest.host, dest.port, job_id)
 
