@@ -25,16 +25,16 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from spleenseg.atomic import atomic_dir
 from spleenseg.cli import run_fire
 from spleenseg.errors import InputError
+from spleenseg.measure import dice, run_measured
 from spleenseg.paths import BUNDLE_DIR, REPO_ROOT
 
 STOCK_APP = textwrap.dedent('''
@@ -83,8 +83,9 @@ def make_study(folder: Path, slices: int, seed: int = STUDY_SEED) -> Path:
     """A 512x512xN phantom CT series (the size clinical abdominal CT has)."""
     from spleenseg.phantom import make_phantom, random_spec, write_dicom_series
 
-    if not folder.is_dir():
-        write_dicom_series(make_phantom(random_spec(seed, shape=(512, 512, slices), phase="portal")), folder)
+    if not folder.is_dir():  # written whole or not at all, so an interrupted run is not reused
+        with atomic_dir(folder) as tmp:
+            write_dicom_series(make_phantom(random_spec(seed, shape=(512, 512, slices), phase="portal")), tmp)
     return folder
 
 
@@ -148,21 +149,11 @@ def app_command(name: str, python: str, study: Path, out: Path, model: Path) -> 
     return [python, "-m", "deploy_app", "-i", str(study), "-o", str(out), "-m", str(model)]
 
 
-def run_measured(command: list[str], cwd: Path) -> dict:
-    """Wall time and peak RSS of the whole process, as ``/usr/bin/time`` reports them: from its start, imports
-    included, to its exit, interpreter teardown included."""
+def measure_app(command: list[str], cwd: Path) -> dict:
+    """Wall time and peak RSS of one whole run (see :func:`spleenseg.measure.run_measured`)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}  # deploy_app and spleenseg from this checkout
-    with tempfile.TemporaryFile() as log:
-        start = time.perf_counter()
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall_s = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            log.seek(0)
-            raise RuntimeError(f"benchmark run failed (exit {proc.returncode}): {' '.join(command[:3])}\n"
-                               f"{log.read()[-3000:].decode(errors='replace')}")
-    return {"wall_s": wall_s, "peak_rss_mb": usage.ru_maxrss / 1024}
+    stats = run_measured(command, cwd=cwd, env=env)
+    return {"wall_s": stats.wall_s, "peak_rss_mb": stats.peak_rss_mb}
 
 
 def seg_by_source(path: Path) -> dict[str, np.ndarray]:
@@ -194,32 +185,33 @@ def seg_volume(seg: Path, slices: list) -> np.ndarray:
     return np.stack([frames.get(str(d.SOPInstanceUID), empty) for d in slices])
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * int((a & b).sum()) / total if total else 1.0
-
-
 def largest_component(mask: np.ndarray) -> np.ndarray:
     from monai.transforms.utils import get_largest_connected_component_mask
 
     return np.asarray(get_largest_connected_component_mask(mask)) if mask.any() else mask
 
 
-def compare_segs(ours: Path, stock: Path, study: Path, seed: int = STUDY_SEED) -> dict[str, float]:
-    """Dice of the two SEGs with each other, after giving the stock mask our largest-component filter (the one
-    post-processing step the SDK example lacks), and against the phantom's true spleen."""
+def compare_segs(ours: dict[str, Path], stock: Path, study: Path, seed: int = STUDY_SEED) -> dict[str, dict]:
+    """Dice of each of our SEGs with the stock SEG, with the stock SEG after our largest-component filter (the
+    one post-processing step the SDK example lacks), and with the phantom's true spleen."""
     from spleenseg.phantom import label_on_frame, make_phantom, random_spec
 
     slices = study_slices(study)
-    mine, theirs = seg_volume(ours, slices), seg_volume(stock, slices)
+    theirs = seg_volume(stock, slices)
+    theirs_lcc = largest_component(theirs)
     phantom = make_phantom(random_spec(seed, shape=(512, 512, len(slices)), phase="portal"))
     truth = np.stack([label_on_frame(phantom, d) > 0 for d in slices])
-    return {
-        "dice_ours_vs_stock": dice(mine, theirs),
-        "dice_ours_vs_stock_largest_component": dice(mine, largest_component(theirs)),
-        "dice_ours_vs_truth": dice(mine, truth),
-        "dice_stock_vs_truth": dice(theirs, truth),
-    }
+    stock_vs_truth = dice(theirs, truth)
+    comparisons = {}
+    for name, seg in ours.items():
+        mine = seg_volume(seg, slices)
+        comparisons[name] = {
+            "dice_ours_vs_stock": dice(mine, theirs),
+            "dice_ours_vs_stock_largest_component": dice(mine, theirs_lcc),
+            "dice_ours_vs_truth": dice(mine, truth),
+            "dice_stock_vs_truth": stock_vs_truth,
+        }
+    return comparisons
 
 
 def print_table(results: dict[str, dict]) -> None:
@@ -265,17 +257,18 @@ def main(slices: int = 120, model: str = str(BUNDLE_DIR), work: str = "/tmp/benc
         for name, model_path in runs.items():  # interleaved, so drifting machine load hits all alike
             out = work_dir / f"out_{name}"
             shutil.rmtree(out, ignore_errors=True)
-            samples[name].append(run_measured(app_command(name, python, study, out, model_path), work_dir))
+            samples[name].append(measure_app(app_command(name, python, study, out, model_path), work_dir))
     results = {name: {"wall_s": float(np.median([r["wall_s"] for r in rs])),
                       "wall_s_all": [round(r["wall_s"], 2) for r in rs],
                       "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
                       "seg": str(next((work_dir / f"out_{name}").glob("*.dcm")))}
                for name, rs in samples.items()}
     stock = results["stock"]
-    for name in ("ours", "ours_zoo_inferer"):
+    ours = ("ours", "ours_zoo_inferer")
+    agreement = compare_segs({name: Path(results[name]["seg"]) for name in ours}, Path(stock["seg"]), study)
+    for name in ours:
         results[name].update(time_ratio=results[name]["wall_s"] / stock["wall_s"],
-                             memory_ratio=results[name]["peak_rss_mb"] / stock["peak_rss_mb"],
-                             **compare_segs(Path(results[name]["seg"]), Path(stock["seg"]), study))
+                             memory_ratio=results[name]["peak_rss_mb"] / stock["peak_rss_mb"], **agreement[name])
     summary = {"ours": results["ours"], "ours_zoo_inferer": results["ours_zoo_inferer"], "stock": stock,
                "time_ratio": results["ours"]["time_ratio"], "memory_ratio": results["ours"]["memory_ratio"]}
     print_table(results)

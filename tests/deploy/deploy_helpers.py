@@ -10,6 +10,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
+from spleenseg.measure import dice  # noqa: F401  (the tests import it from here)
 from spleenseg.phantom import Phantom, make_phantom, random_spec
 
 #: Phantoms of the end-to-end study (also in the tiny model's training set, see conftest.py).
@@ -27,12 +28,6 @@ def cropped_phantom(seed: int, shape=(48, 48, 24), spacing=(3.0, 3.0, 4.0)) -> P
     spec = dataclasses.replace(spec, shape=tuple(shape), spacing=tuple(spacing), slice_thickness=float(spacing[2]),
                                fov_centre_mm=centre)
     return make_phantom(spec)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean arrays."""
-    a, b = a.astype(bool), b.astype(bool)
-    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
