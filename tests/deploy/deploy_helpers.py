@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pydicom
 
-from spleenseg.measure import dice  # noqa: F401  (the tests import it from here)
+from dicom_checks import dciodvfy_errors  # noqa: F401  (the tests import these from here)
+from spleenseg.measure import dice  # noqa: F401
 from spleenseg.phantom import Phantom, make_phantom, random_spec
 
 #: Phantoms of the end-to-end study (also in the tiny model's training set, see conftest.py).
@@ -28,12 +28,6 @@ def cropped_phantom(seed: int, shape=(48, 48, 24), spacing=(3.0, 3.0, 4.0)) -> P
     spec = dataclasses.replace(spec, shape=tuple(shape), spacing=tuple(spacing), slice_thickness=float(spacing[2]),
                                fov_centre_mm=centre)
     return make_phantom(spec)
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    """Lines of dciodvfy output that are errors (warnings about the source's own attributes are allowed)."""
-    check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    return [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
 
 
 def label_at_frames(phantom, seg: pydicom.Dataset) -> np.ndarray:
