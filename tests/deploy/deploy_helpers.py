@@ -11,7 +11,7 @@ import pydicom
 
 from dicom_checks import dciodvfy_errors  # noqa: F401  (the tests import these from here)
 from spleenseg.measure import dice  # noqa: F401
-from spleenseg.phantom import Phantom, make_phantom, random_spec
+from spleenseg.phantom import Phantom, label_on_frame, make_phantom, random_spec
 
 #: Phantoms of the end-to-end study (also in the tiny model's training set, see conftest.py).
 PATIENT_A_SEED, PATIENT_B_SEED = 7, 11
@@ -31,21 +31,17 @@ def cropped_phantom(seed: int, shape=(48, 48, 24), spacing=(3.0, 3.0, 4.0)) -> P
 
 
 def label_at_frames(phantom, seg: pydicom.Dataset) -> np.ndarray:
-    """Phantom label sampled at each SEG frame's pixel centres, in patient (LPS) coordinates."""
+    """Phantom label sampled at each SEG frame's pixel centres, in patient (LPS) coordinates: the frame's own
+    position and the SEG's orientation and spacing, not the source images'."""
     shared = seg.SharedFunctionalGroupsSequence[0]
-    row_spacing, col_spacing = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
-    iop = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
-    rows, cols = np.mgrid[0:int(seg.Rows), 0:int(seg.Columns)]
-    inverse = np.linalg.inv(phantom.affine_lps)
+    plane = pydicom.Dataset()
+    plane.Rows, plane.Columns = seg.Rows, seg.Columns
+    plane.PixelSpacing = shared.PixelMeasuresSequence[0].PixelSpacing
+    plane.ImageOrientationPatient = shared.PlaneOrientationSequence[0].ImageOrientationPatient
     out = []
     for frame in seg.PerFrameFunctionalGroupsSequence:
-        ipp = np.asarray(frame.PlanePositionSequence[0].ImagePositionPatient, float)
-        world = ipp[:, None, None] + iop[:3, None, None] * cols * col_spacing + iop[3:, None, None] * rows * row_spacing
-        ijk = np.rint(np.tensordot(inverse[:3, :3], world, axes=1) + inverse[:3, 3, None, None]).astype(int)
-        inside = np.all((ijk >= 0) & (ijk < np.array(phantom.label.shape)[:, None, None]), axis=0)
-        lab = np.zeros(rows.shape, bool)
-        lab[inside] = phantom.label[ijk[0][inside], ijk[1][inside], ijk[2][inside]] > 0
-        out.append(lab)
+        plane.ImagePositionPatient = frame.PlanePositionSequence[0].ImagePositionPatient
+        out.append(label_on_frame(phantom, plane) > 0)
     return np.stack(out)
 
 
