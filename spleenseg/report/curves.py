@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,6 +11,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from spleenseg.atomic import atomic_file  # noqa: E402
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -61,10 +61,9 @@ def plot_learning_curves(
     for ax in (ax_loss, ax_val):
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_png.parent, prefix=f".{out_png.stem}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out_png)
+    try:
+        with atomic_file(out_png) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return out_png

@@ -7,8 +7,6 @@ so any input orientation (LPS, RAS, flipped) is drawn the same way; R/L/A/P mark
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +19,8 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
+
+from spleenseg.atomic import atomic_file  # noqa: E402
 
 #: Soft-tissue CT window (level 40 HU, width 400 HU), the usual abdominal reading window.
 WINDOW = (-160.0, 240.0)
@@ -76,12 +76,11 @@ def _markers(ax: plt.Axes) -> None:
 
 
 def _save(fig: plt.Figure, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=out.suffix)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        with atomic_file(out) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -149,9 +148,6 @@ def slices_gif(
     out_gif = Path(out_gif)
     zs = list(slices) if slices is not None else list(range(image.data.shape[2]))
     frames = [_rgb_frame(image, reference, prediction, z) for z in zs]
-    out_gif.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_gif.parent, prefix=f".{out_gif.stem}.", suffix=".gif")
-    os.close(fd)
-    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    os.replace(tmp, out_gif)
+    with atomic_file(out_gif) as tmp:
+        frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
     return out_gif
