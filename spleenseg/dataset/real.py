@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,8 @@ import numpy as np
 import pydicom
 from tqdm import tqdm
 
+from spleenseg.atomic import atomic_dir
+from spleenseg.coords import LPS_TO_RAS
 from spleenseg.dataset.build import build_dataset
 from spleenseg.dicom import load_series_volume, to_ras_nifti
 from spleenseg.dicom.nifti import save_nifti, write_json
@@ -133,7 +134,7 @@ def mask_to_grid(mask: np.ndarray, ds: pydicom.Dataset, affine_ras: np.ndarray, 
     drow, dcol = (float(v) for v in ds.PixelSpacing)
     rc = np.argwhere(mask).astype(float)  # (row, col)
     lps = ipp[None, :] + rc[:, 1:2] * dcol * iop[None, :3] + rc[:, 0:1] * drow * iop[None, 3:]
-    ras = lps * np.array([-1.0, -1.0, 1.0])
+    ras = lps @ LPS_TO_RAS[:3, :3]  # diagonal: the same on either side
     inv = np.linalg.inv(affine_ras)
     ijk = ras @ inv[:3, :3].T + inv[:3, 3]
     idx = np.rint(ijk)
@@ -226,23 +227,16 @@ def build_real_dataset(out: str | os.PathLike, root: str | os.PathLike = REAL_CT
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out}: output folder exists and is not empty; choose a new one")
     cases = real_cases(Path(root))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
+    with atomic_dir(out) as built, tempfile.TemporaryDirectory(prefix=f".{out.name}.pairs-", dir=out.parent) as tmp:
+        pairs = Path(tmp)
         for c in tqdm(cases, desc="real cases", unit="case", disable=not progress):
-            save_nifti(c.image, staging / "images" / f"{c.case}.nii.gz")
-            save_nifti(c.label, staging / "labels" / f"{c.case}.nii.gz")
-        built = staging / "dataset"
-        build_dataset(staging / "images", staging / "labels", built, val_fraction=0.0, flip_lr=True,
+            save_nifti(c.image, pairs / "images" / f"{c.case}.nii.gz")
+            save_nifti(c.label, pairs / "labels" / f"{c.case}.nii.gz")
+        build_dataset(pairs / "images", pairs / "labels", built, val_fraction=0.0, flip_lr=True,
                       name="SpleenRealCT", description="Real labelled abdominal CT (shared/data/real_ct)",
                       progress=progress)
         meta = _resplit(built, cases, held_out, validation)
         _check_all_left(built, meta)
-        if out.exists():
-            out.rmdir()
-        os.replace(built, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("real dataset %s: %s", out, meta["split"])
     return meta
 
@@ -299,15 +293,11 @@ def _write_phantom(args: tuple[Any, str, str]) -> dict[str, Any] | None:
 def build_phantom_dataset(out: str | os.PathLike, n: int = 32, seed: int = 0, n_val: int = 2, n_test: int = 4,
                           workers: int = 1, progress: bool = True) -> dict[str, Any]:
     """Realistic phantoms as an MSD-style dataset: training, ``n_val`` validation and ``n_test`` held-out test."""
-    import json
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out}: output folder exists and is not empty; choose a new one")
     specs = realistic_phantom_specs(n + n_val + n_test, seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         jobs = [(s, str(tmp), f"phantom_{i:03d}") for i, s in enumerate(specs)]
         if workers > 1:
             import multiprocessing
@@ -335,11 +325,5 @@ def build_phantom_dataset(out: str | os.PathLike, n: int = 32, seed: int = 0, n_
             "test_labels": [f"./labelsTs/{e['case']}.nii.gz" for e in test],
             "cases": {e["case"]: {k: v for k, v in e.items() if k != "case"} for e in kept},
         }
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=1))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(meta, tmp / "dataset.json")
     return meta
