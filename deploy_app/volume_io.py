@@ -5,7 +5,8 @@ slices are evenly spaced (a missing slice silently squeezes the volume), builds 
 last slice with the two in-plane spacings swapped (wrong for non-square pixels) and keeps localizer images mixed
 into a series. :func:`spleenseg.dicom.volume.load_series_volume` (highdicom geometry, checked against dcm2niix)
 refuses gaps, duplicates and tilt with a message naming the files. What the SEG needs on top is which source
-instance each volume slice came from; :func:`sort_and_load` finds it from the volume's own affine.
+instance each volume slice came from; :func:`sort_and_load` takes it from that same loader
+(``VolumeInfo.slice_sources``), so the order is worked out and checked once.
 Conventions: highdicom's array is (slice, row, column) with an LPS affine; MONAI/NIfTI want (column, row, slice)
 with an RAS affine. :func:`monai_array_and_affine` is the one place that converts.
 """
@@ -22,7 +23,8 @@ import pydicom
 import torch
 
 from spleenseg.coords import LPS_TO_RAS
-from spleenseg.dicom.volume import load_series_volume
+from spleenseg.dicom.scan import is_localizer
+from spleenseg.dicom.volume import VolumeInfo, load_series_volume
 from spleenseg.errors import GeometryError
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ def drop_localizers(datasets: Sequence[pydicom.Dataset], series_uid: str) -> lis
 
     Some scanners store the scout in the same series as the axial images; a volume must not include it.
     """
-    kept = [ds for ds in datasets if "LOCALIZER" not in [str(v).upper() for v in ds.get("ImageType", [])]]
+    kept = [ds for ds in datasets if not is_localizer(ds)]
     if len(kept) < len(datasets):
         log.warning("series %s: ignoring %d LOCALIZER image(s) stored in the same series",
                     series_uid, len(datasets) - len(kept))
@@ -59,23 +61,18 @@ def drop_localizers(datasets: Sequence[pydicom.Dataset], series_uid: str) -> lis
 def sort_and_load(datasets: Sequence[pydicom.Dataset], series_uid: str) -> tuple[hd.Volume, list[pydicom.Dataset]]:
     """Decode the series into a checked volume (HU, float32) and list its datasets in the volume's slice order.
 
-    Each dataset's ImagePositionPatient is mapped through the inverse of the volume affine: it must land on a
-    whole slice index of its own, so the SEG frame written for slice k references exactly that instance.
+    The order is the one :func:`load_series_volume` sorted and verified the slices in (``slice_sources``), so
+    the SEG frame written for slice k references exactly the instance that slice was read from.
     """
     datasets = drop_localizers(datasets, series_uid)
     if len(datasets) < 2:
         raise GeometryError(f"series {series_uid}: only {len(datasets)} usable slice(s), not a volume")
-    volume = load_series_volume(list(datasets))
-    inverse = np.linalg.inv(volume.affine)
-    slots: list[pydicom.Dataset | None] = [None] * volume.spatial_shape[0]
-    for ds in datasets:
-        k = inverse[:3, :3] @ np.asarray(ds.ImagePositionPatient, float) + inverse[:3, 3]
-        index = int(round(float(k[0])))
-        if not np.allclose(k, [index, 0, 0], atol=1e-2) or not 0 <= index < len(slots) or slots[index] is not None:
-            raise GeometryError(f"series {series_uid}: {_path(ds)} does not sit on its own slice of the volume "
-                                f"(index {np.round(k, 3).tolist()}); refusing an ambiguous slice order")
-        slots[index] = ds
-    return volume, slots  # type: ignore[return-value]
+    info = VolumeInfo(series=series_uid, n_files=len(datasets))
+    volume = load_series_volume(list(datasets), info=info)
+    if len(info.slice_sources) != volume.spatial_shape[0]:  # e.g. a multi-frame object among the slices
+        raise GeometryError(f"series {series_uid}: {volume.spatial_shape[0]} volume slices from {len(datasets)} "
+                            f"images (e.g. {_path(datasets[0])}); not one image per slice")
+    return volume, [datasets[i] for i in info.slice_sources]
 
 
 def c_order(array: np.ndarray) -> np.ndarray:

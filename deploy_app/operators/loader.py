@@ -18,7 +18,6 @@ UID policy (documented in the README, "Deployment"):
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -30,8 +29,9 @@ from monai.deploy.core import Fragment
 from monai.deploy.core.domain.dicom_series import DICOMSeries
 from monai.deploy.core.domain.dicom_study import DICOMStudy
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
-from spleenseg.dicom.decode import check_decodable
+from spleenseg.dicom.decode import check_decodable, read_file
 from spleenseg.dicom.scan import list_files
+from spleenseg.dicom.volume import detached_copy
 from spleenseg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,15 @@ def _uid(ds: pydicom.Dataset, keyword: str) -> str:
 
 
 def read_instance(path: str) -> pydicom.Dataset | None:
-    """Full dataset of an image file, or ``None`` with a warning saying why the file is skipped."""
+    """Full dataset of an image file, or ``None`` with a warning saying why the file is skipped.
+
+    Read like the converter reads (:func:`spleenseg.dicom.decode.read_file`: files without the DICOM preamble
+    too); an unreadable file is skipped, a missing pixel decoder for a readable one is fatal.
+    """
     try:
-        ds = pydicom.dcmread(path)
-    except Exception as exc:  # noqa: BLE001 - any parser error means "skip this file", reported by name
-        log.warning("%s: skipped, not a readable DICOM file (%s)", path, exc)
+        ds = read_file(path)
+    except InputError as exc:  # any parser error means "skip this file", reported by name
+        log.warning("%s; skipped", exc)
         return None
     if "PixelData" not in ds:
         log.info("%s: skipped, no pixel data (SOP class %s)", path, _uid(ds, "SOPClassUID") or "?")
@@ -133,7 +137,7 @@ class CheckedDICOMDataLoaderOperator(DICOMDataLoaderOperator):
     def populate_series_attributes(self, series: DICOMSeries, sop_instance: pydicom.Dataset) -> None:
         """SDK's version, minus its crash (``int(None)``) on an empty SeriesNumber as in real exports."""
         if "SeriesNumber" in sop_instance and sop_instance.SeriesNumber in (None, ""):
-            sop_instance = copy.copy(sop_instance)
+            sop_instance = detached_copy(sop_instance)  # copy.copy would delete it from the instance too
             del sop_instance.SeriesNumber
         super().populate_series_attributes(series, sop_instance)
 

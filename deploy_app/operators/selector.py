@@ -22,6 +22,7 @@ from monai.deploy.core import Fragment
 from monai.deploy.core.domain.dicom_series import DICOMSeries
 from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, StudySelectedSeries
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
+from spleenseg.dicom.scan import is_localizer, normal_of
 from spleenseg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,7 @@ def load_rules(path: str | Path | None = None) -> dict[str, Any]:
 
 def orientation_name(iop: Any) -> str:
     """Axial, Coronal or Sagittal: the patient axis the slice normal is closest to."""
-    iop = np.asarray([float(v) for v in iop], float)
-    normal = np.cross(iop[:3], iop[3:])
+    normal = normal_of([float(v) for v in iop])
     return ("Sagittal", "Coronal", "Axial")[int(np.argmax(np.abs(normal)))]
 
 
@@ -124,7 +124,7 @@ class RankedSeriesSelectorOperator(DICOMSeriesSelectorOperator):
     def _images(series: DICOMSeries) -> list:
         """The series' datasets without localizers (some scanners store the scout inside the CT series)."""
         datasets = [s.get_native_sop_instance() for s in series.get_sop_instances()]
-        images = [ds for ds in datasets if "LOCALIZER" not in _values(ds.get("ImageType"))]
+        images = [ds for ds in datasets if not is_localizer(ds)]
         return images or datasets
 
     def why_not(self, selection: dict[str, Any], series: DICOMSeries) -> str:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from spleenseg import __version__
 from spleenseg.atomic import atomic_dir
 from spleenseg.dicom.nifti import save_nifti, to_ras_nifti, volume_to_nifti, write_json
-from spleenseg.dicom.scan import SeriesGroup, read_header, scan_dicom
+from spleenseg.dicom.scan import SeriesGroup, is_localizer, read_header, scan_dicom
 from spleenseg.dicom.seg import load_label_image, read_seg_labels, referenced_series_uids, resample_label_to_image
 from spleenseg.dicom.volume import VolumeInfo, load_series_volume
 from spleenseg.errors import GeometryError, InputError, SpleensegError
@@ -148,7 +148,7 @@ def convert_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, res
     for g in groups:
         if not g.is_image_volume:
             log.warning("series %s (%s, %d files): not an image volume; skipped", g.name, g.modality, len(g.files))
-        elif not keep_localizers and "LOCALIZER" in [t.upper() for t in g.image_type]:
+        elif not keep_localizers and is_localizer(g.image_type):
             log.warning("series %s: a localizer (scout); skipped (--keep-localizers converts it)", g.name)
         elif modality and g.modality.upper() != modality.upper():
             log.info("series %s: modality %s, not %s; skipped", g.name, g.modality, modality)

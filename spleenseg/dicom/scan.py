@@ -24,6 +24,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 from tqdm import tqdm
 
+from spleenseg.dicom.decode import looks_like_dicom
 from spleenseg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -203,8 +204,7 @@ def _read_dataset_header(path: str) -> pydicom.Dataset | None:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=_HEADER_TAGS)
     except Exception:  # noqa: BLE001
         return None
-    looks_dicom = any(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "Modality", "StudyInstanceUID"))
-    return ds if looks_dicom else None
+    return ds if looks_like_dicom(ds) else None
 
 
 def header_from_dataset(ds: pydicom.Dataset, path: str = "") -> InstanceHeader:
@@ -251,6 +251,19 @@ def header_from_dataset(ds: pydicom.Dataset, path: str = "") -> InstanceHeader:
     )
     _derive_blank_uids(header, meta)
     return header
+
+
+def is_localizer(ds_or_image_type: pydicom.Dataset | Sequence[str] | str | None) -> bool:
+    """Scout/localizer: ImageType (of a dataset, or the values themselves) holds LOCALIZER (any case/padding).
+
+    A projection, not a slice of a volume: the selector, the deploy app and ``convert`` leave it out.
+    """
+    value = (ds_or_image_type.get("ImageType") if isinstance(ds_or_image_type, pydicom.Dataset)
+             else ds_or_image_type)
+    if value is None:
+        return False
+    values = [value] if isinstance(value, str) else value
+    return "LOCALIZER" in [str(v).strip().upper() for v in values]
 
 
 def is_mosaic(ds: pydicom.Dataset) -> bool:

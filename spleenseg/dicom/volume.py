@@ -60,6 +60,9 @@ class VolumeInfo:
     resampled: bool = False
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: For each slice of the volume (slice 0 first), the index in ``source`` of the file/dataset it is; empty
+    #: when slices are not single inputs (resampled, multi-frame or mosaic).
+    slice_sources: list[int] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -91,14 +94,17 @@ def _read_source(source: SeriesSource) -> list[tuple[str, pydicom.Dataset]]:
     for item in paths:
         if isinstance(item, pydicom.Dataset):
             check_decodable(item, item.filename if isinstance(item.filename, str) else "<dataset>")
-            out.append((str(getattr(item, "filename", "") or "<dataset>"), _detached_copy(item)))
+            out.append((str(getattr(item, "filename", "") or "<dataset>"), detached_copy(item)))
         else:
             out.append((str(item), read_dataset(item)))
     return out
 
 
-def _detached_copy(ds: pydicom.Dataset) -> pydicom.Dataset:
-    """A new dataset holding the same elements: replacing an element in it leaves the caller's dataset alone."""
+def detached_copy(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """A new dataset holding the same elements: deleting, adding or replacing an element (``del`` then set, see
+    :func:`_replace`) in it leaves the caller's dataset alone; ``copy.copy`` of a pydicom Dataset shares its
+    element dict, so deleting from such a copy deletes from the original too. The element objects themselves
+    are shared: assigning to an attribute that is already there changes the caller's value."""
     out = pydicom.Dataset()
     out.update(ds)
     out.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
@@ -134,6 +140,7 @@ class _Stack:
     orientation: np.ndarray
     normal: np.ndarray
     pixel_spacing: np.ndarray
+    order: list[int]  # index in the input of each dataset, in the same order
 
 
 def _require(ds: pydicom.Dataset, path: str, keyword: str) -> Any:
@@ -164,6 +171,7 @@ def _sorted_stack(pairs: list[tuple[str, pydicom.Dataset]], label: str) -> _Stac
     return _Stack(
         datasets=[pairs[i][1] for i in order], paths=[pairs[i][0] for i in order], projections=proj[order],
         positions=positions[order], orientation=orients[0], normal=normal, pixel_spacing=spacings[0],
+        order=[int(i) for i in order],
     )
 
 
@@ -317,6 +325,7 @@ def load_series_volume(source: SeriesSource, *, resample: bool = False, info: Vo
     pairs = _read_source(source)
     info = info if info is not None else VolumeInfo(series=label, n_files=len(pairs))
     info.n_files = len(pairs)
+    info.slice_sources = []
     pairs = [(p, _repair_uids(ds, p)) for p, ds in pairs]
     if len(pairs) == 1 and is_mosaic(pairs[0][1]):
         info.sorted_by = "Siemens mosaic order (CSA header), via nibabel"
@@ -339,6 +348,7 @@ def load_series_volume(source: SeriesSource, *, resample: bool = False, info: Vo
         log.warning("series %s: %s; resampling onto a uniform grid", label, "; ".join(problems))
         return _resampled(stack, label, info)
     if len(stack.paths) == 1:
+        info.slice_sources = list(stack.order)
         return _single_slice(stack)
     if engine == "fast":
         volume = _regular_volume(stack)
@@ -351,4 +361,5 @@ def load_series_volume(source: SeriesSource, *, resample: bool = False, info: Vo
     else:
         raise InputError(f"unknown volume engine {engine!r}; use 'fast' or 'highdicom'")
     _verify_order(volume, stack, label)
+    info.slice_sources = stack.order[::-1]  # both engines stack the slices against the normal
     return volume
