@@ -8,8 +8,7 @@ Pipeline (SDK operators, subclassed only where the SDK's is wrong or missing; se
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from monai.deploy.conditions import CountCondition
@@ -17,7 +16,6 @@ from monai.deploy.core import AppContext, Application, Image
 from monai.deploy.core.io_type import IOType
 from monai.deploy.operators.monai_bundle_inference_operator import BundleConfigNames, IOMapping
 
-from deploy_app.bundle_info import model_identity, read_model_metadata
 from deploy_app.operators import (
     BundleInferenceOperator,
     CheckedDICOMDataLoaderOperator,
@@ -31,17 +29,21 @@ from deploy_app.operators.seg_writer import AlgorithmInfo
 
 @dataclass
 class AppOptions:
-    """Everything one run needs; ``output_dir`` is where the operators write (run() passes a temp folder)."""
+    """Everything one run needs; ``output_dir`` is where the operators write (run() passes a temp folder).
+
+    ``model`` is the bundle's name and version (:func:`deploy_app.bundle_info.model_identity`), read once by
+    run() when it checks the model path.
+    """
 
     input_dir: Path
     output_dir: Path
     model_path: Path
+    model: dict[str, str]
     rules_path: Path | None = None
     all_series: bool = False
     stl: bool = False
     nifti: bool = False
     allow_generated_uids: bool = False
-    start_time: float = field(default_factory=time.perf_counter)
 
 
 class SpleenSegApp(Application):
@@ -53,7 +55,6 @@ class SpleenSegApp(Application):
 
     def compose(self):
         o = self.app_options
-        model = model_identity(read_model_metadata(o.model_path))
         context = AppContext({"input": str(o.input_dir), "output": str(o.output_dir), "model": str(o.model_path)})
 
         loader = CheckedDICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=o.input_dir,
@@ -66,9 +67,9 @@ class SpleenSegApp(Application):
             input_mapping=[IOMapping("image", Image, IOType.IN_MEMORY)],
             output_mapping=[IOMapping("pred", Image, IOType.IN_MEMORY)], name="inference")
         writer = SpleenSegWriterOperator(self, output_folder=o.output_dir, name="seg_writer",
-                                         algorithm=AlgorithmInfo(model["name"], model["version"]))
-        report = SpleenReportOperator(self, output_folder=o.output_dir, model=model, start_time=o.start_time,
-                                      stl=o.stl, nifti=o.nifti, name="report")
+                                         algorithm=AlgorithmInfo(o.model["name"], o.model["version"]))
+        report = SpleenReportOperator(self, output_folder=o.output_dir, model=o.model, stl=o.stl, nifti=o.nifti,
+                                      name="report")
 
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
         self.add_flow(selector, to_volume, {("study_selected_series_list", "study_selected_series_list")})

@@ -1,8 +1,9 @@
 """``run()``: one call = one Holoscan run of the app, with all-or-nothing output.
 
-The operators write into a temporary folder next to ``output_dir``; only when the whole run succeeded (SEG(s)
-and ``spleen_report.json`` present) are the files moved into ``output_dir``. On any error the temporary folder
-is removed, so ``output_dir`` never holds half-written results, and the input folder is never written to.
+The operators write into a hidden temporary folder inside ``output_dir`` when it exists (else beside it: always
+on the same file system); only when the whole run succeeded (SEG(s) and ``spleen_report.json`` present) are the
+files moved into ``output_dir``. On any error the temporary folder is removed, so ``output_dir`` never holds
+half-written results, and the input folder is never written to.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spleenseg.atomic import ensure_writable_dir
 from spleenseg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -34,14 +36,25 @@ class RunResult:
 
 
 def _check_paths(input_dir: Path, output_dir: Path) -> None:
+    """Input a folder; output outside it (the input is never written to)."""
     if not input_dir.is_dir():
         raise InputError(f"{input_dir}: input folder does not exist or is not a folder")
     inp, out = input_dir.resolve(), output_dir.resolve()
     if out == inp or inp in out.parents:
         raise InputError(f"{output_dir}: the output folder must not be inside the input folder {input_dir} "
                          f"(the input is never written to)")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise InputError(f"{output_dir}: output path exists and is not a folder")
+
+
+def _staging_dir(output_dir: Path) -> Path:
+    """A new hidden folder for the operators' files, on the same file system as ``output_dir``.
+
+    Inside ``output_dir`` when it exists: in a MAP container it is a mounted folder, and moving files into it
+    from outside the mount fails (EXDEV). Otherwise beside it. A file in the path or a folder that cannot be
+    written to raises :class:`InputError` naming it.
+    """
+    ensure_writable_dir(output_dir if output_dir.exists() else output_dir.parent)
+    parent = output_dir if output_dir.is_dir() else output_dir.parent
+    return Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=parent))
 
 
 def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, model_path: str | os.PathLike, *,
@@ -56,23 +69,22 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, model_path:
     input_dir, output_dir, model_path = Path(input_dir), Path(output_dir), Path(model_path)
     _check_paths(input_dir, output_dir)
     from deploy_app.app import AppOptions, SpleenSegApp  # heavy (Holoscan, torch): import on first use
-    from deploy_app.bundle_info import read_model_metadata, resolve_model_path
+    from deploy_app.bundle_info import model_identity, read_model_metadata, resolve_model_path
     from deploy_app.operators.report import REPORT_NAME
 
     model_path = resolve_model_path(model_path)
-    read_model_metadata(model_path)  # fail fast, before any output exists
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    model = model_identity(read_model_metadata(model_path))  # fail fast, before any output exists
+    staging = _staging_dir(output_dir)
     try:
-        options = AppOptions(input_dir=input_dir, output_dir=staging, model_path=model_path,
+        options = AppOptions(input_dir=input_dir, output_dir=staging, model_path=model_path, model=model,
                              rules_path=Path(rules) if rules else None, all_series=all_series, stl=stl,
-                             nifti=nifti, allow_generated_uids=allow_generated_uids, start_time=start)
+                             nifti=nifti, allow_generated_uids=allow_generated_uids)
         SpleenSegApp(options).run()
         report_file = staging / REPORT_NAME
         if not report_file.is_file():
             raise RuntimeError(f"the pipeline finished without writing {REPORT_NAME}; nothing was written")
         report = json.loads(report_file.read_text())
-        report["run_time_s"] = round(time.perf_counter() - start, 3)
+        report["run_time_s"] = round(time.perf_counter() - start, 3)  # end to end; only added here
         report_file.write_text(json.dumps(report, indent=2, default=str))
         output_dir.mkdir(parents=True, exist_ok=True)
         moved = []

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from monai.transforms.utils import generate_spatial_bounding_box
-from spleenseg.coords import LPS_TO_RAS
+from spleenseg.dicom.nifti import save_nifti, to_ras_nifti
 from spleenseg.orientation import check_spleen_left
 
 log = logging.getLogger(__name__)
@@ -72,18 +72,19 @@ def write_stl(mask: np.ndarray, affine_lps: np.ndarray, path: Path) -> None:
 
 
 def mask_nifti(mask: np.ndarray, affine_lps: np.ndarray) -> nib.Nifti1Image:
-    """The mask as NIfTI: (column, row, slice) voxels with the RAS affine, same grid as the source.
+    """The mask as uint8 NIfTI on the source's voxel grid, laid out and labelled like the project's other NIfTI
+    files (:func:`spleenseg.dicom.nifti.to_ras_nifti`: column, row, ascending slice; RAS affine in qform and
+    sform, code 1; mm).
 
-    The voxels are a transposed view of ``mask`` (a bool mask is viewed as uint8), not a copy of the volume.
+    The voxels are a view of ``mask`` (a bool mask is viewed as uint8), not a copy of the volume.
     """
-    affine_ras = LPS_TO_RAS @ affine_lps[:, [2, 1, 0, 3]]
     data = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8, copy=False)
-    return nib.Nifti1Image(np.transpose(data, (2, 1, 0)), affine_ras)
+    return to_ras_nifti(hd.Volume(data, affine_lps, "PATIENT"), np.uint8)
 
 
 def write_nifti(mask: np.ndarray, affine_lps: np.ndarray, path: Path) -> None:
-    """Save :func:`mask_nifti` to ``path``."""
-    nib.save(mask_nifti(mask, affine_lps), str(path))
+    """Save :func:`mask_nifti` to ``path`` (atomically)."""
+    save_nifti(mask_nifti(mask, affine_lps), path)
 
 
 def spleen_side_entry(mask: np.ndarray, affine_lps: np.ndarray, series_uid: str) -> dict[str, Any]:
@@ -100,11 +101,10 @@ def spleen_side_entry(mask: np.ndarray, affine_lps: np.ndarray, series_uid: str)
 class SpleenReportOperator(Operator):
     """Consumes each ``seg_record`` and (re)writes ``spleen_report.json`` with every series done so far."""
 
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, model: dict[str, str], start_time: float,
-                 stl: bool = False, nifti: bool = False, **kwargs) -> None:
+    def __init__(self, fragment: Fragment, *args, output_folder: Path, model: dict[str, str], stl: bool = False,
+                 nifti: bool = False, **kwargs) -> None:
         self.output_folder = Path(output_folder)
         self.model = model
-        self.start_time = start_time
         self.stl, self.nifti = stl, nifti
         self.entries: list[dict[str, Any]] = []
         super().__init__(fragment, *args, **kwargs)
@@ -145,7 +145,6 @@ class SpleenReportOperator(Operator):
         self.entries.append(entry)
         log.info("series %s: spleen %.1f mL on %d slice(s), craniocaudal %.1f mm", uid, entry["spleen_volume_ml"],
                  entry["slices_with_spleen"], entry["craniocaudal_length_mm"])
-        report = {"model": self.model, "series": self.entries,
-                  "run_time_s": round(time.perf_counter() - self.start_time, 3)}
+        report = {"model": self.model, "series": self.entries}  # deploy_app.run() adds run_time_s, end to end
         self.output_folder.mkdir(parents=True, exist_ok=True)
         (self.output_folder / REPORT_NAME).write_text(json.dumps(report, indent=1, default=str))

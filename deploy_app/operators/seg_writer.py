@@ -27,6 +27,8 @@ from spleenseg.dicom.seg import spleen_segment_description
 log = logging.getLogger(__name__)
 
 SERIES_DESCRIPTION = "Spleen SEG (AI) - not for clinical use"
+#: Manufacturer of the SEG (Type 1 in the Contributing Equipment Sequence: must not be empty for dciodvfy).
+MANUFACTURER = "spleenseg"
 #: Offset added to the source SeriesNumber so the SEG sorts next to its source in a viewer.
 SERIES_NUMBER_OFFSET = 1000
 
@@ -37,16 +39,11 @@ class AlgorithmInfo:
 
     name: str
     version: str
-    manufacturer: str = "spleenseg"
-
-
-def segment_description(algorithm: AlgorithmInfo) -> hd.seg.SegmentDescription:
-    """Segment 1, "Spleen": SNOMED CT category Organ, type Spleen, automatic AI algorithm."""
-    return spleen_segment_description(algorithm.name, algorithm.version, tracking_id="spleen")
 
 
 def build_seg(mask: np.ndarray, source: list, algorithm: AlgorithmInfo) -> hd.seg.Segmentation:
-    """BINARY SEG with one frame per source slice (empty frames kept).
+    """BINARY SEG with one frame per source slice (empty frames kept), segment 1 "Spleen" (SNOMED CT category
+    Organ, type Spleen, automatic AI algorithm).
 
     ``mask`` is (slice, row, column) with slices in ``source`` order. highdicom stores the frames sorted along
     the slice normal; each frame carries its source's position and references its source instance.
@@ -60,12 +57,12 @@ def build_seg(mask: np.ndarray, source: list, algorithm: AlgorithmInfo) -> hd.se
         source_images=source,
         pixel_array=np.ascontiguousarray(mask, dtype=bool),  # C order: highdicom encodes frame by frame, 2x faster
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[segment_description(algorithm)],
+        segment_descriptions=[spleen_segment_description(algorithm.name, algorithm.version, tracking_id="spleen")],
         series_instance_uid=hd.UID(),
         series_number=(int(number) if number not in (None, "") else 0) + SERIES_NUMBER_OFFSET,
         sop_instance_uid=hd.UID(),
         instance_number=1,
-        manufacturer=algorithm.manufacturer,
+        manufacturer=MANUFACTURER,
         manufacturer_model_name=algorithm.name[:64],
         software_versions=algorithm.version[:64],
         device_serial_number=algorithm.version[:64] or "0",
@@ -109,6 +106,5 @@ class SpleenSegWriterOperator(Operator):
         seg.save_as(path)
         log.info("wrote %s: %d frames, %d spleen voxels", path.name, int(seg.NumberOfFrames), int(mask.sum()))
         return {
-            "path": path, "seg": seg, "mask": mask, "source": source,
-            "study_selected": study_selected, "image_metadata": selected.image.metadata(),
+            "path": path, "seg": seg, "mask": mask, "source": source, "study_selected": study_selected,
         }

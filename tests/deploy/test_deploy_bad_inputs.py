@@ -96,6 +96,44 @@ def test_output_inside_input_is_refused(tmp_path, small_series, untrained_bundle
     assert sorted(p.name for p in (tmp_path / "in").iterdir()) == sorted(p.name for p in small_series)
 
 
+@pytest.mark.parametrize("where", ["parent", "grandparent", "output"])
+def test_output_path_through_a_file_is_refused(tmp_path, untrained_bundle, where):
+    (tmp_path / "in").mkdir()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = {"parent": blocker / "out", "grandparent": blocker / "sub" / "out", "output": blocker}[where]
+    with pytest.raises(InputError, match="a_file: exists and is not a folder|a_file is a file") as info:
+        deploy_app.run(tmp_path / "in", out, untrained_bundle)
+    assert str(blocker) in str(info.value)
+    assert blocker.read_text() == "not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "in"]  # no staging folder anywhere
+
+
+def test_staging_folder_is_on_the_output_folders_file_system(tmp_path):
+    """Inside an existing OUT_DIR (a MAP's mounted output: a move across the mount would fail), else beside it."""
+    from deploy_app.runner import _staging_dir
+
+    mounted = tmp_path / "mounted_out"
+    mounted.mkdir()
+    inside = _staging_dir(mounted)
+    assert inside.parent == mounted and inside.name.startswith(".")
+    fresh = tmp_path / "new" / "out"
+    beside = _staging_dir(fresh)
+    assert beside.parent == fresh.parent and beside.name.startswith(".") and not fresh.exists()
+
+
+def test_command_line_exits_2_when_the_output_parent_is_a_file(tmp_path, untrained_bundle):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "a_file").write_text("not a folder")
+    proc = subprocess.run([sys.executable, "-m", "deploy_app", "-i", str(tmp_path / "in"), "-o",
+                           str(tmp_path / "a_file" / "out"), "-m", str(untrained_bundle)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2
+    assert f"error: {tmp_path / 'a_file'}: exists and is not a folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "in"]
+
+
 def test_command_line_exits_2_with_one_message(tmp_path, untrained_bundle):
     (tmp_path / "in").mkdir()
     proc = subprocess.run([sys.executable, "-m", "deploy_app", "-i", str(tmp_path / "in"), "-o",

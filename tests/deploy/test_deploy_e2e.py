@@ -83,6 +83,10 @@ def test_seg_is_conformant_and_covers_the_phantom_spleen(e2e_result, phantom_stu
 def test_seg_reads_back_with_highdicom_and_dcmqi_as_the_predicted_mask(e2e_result, phantom_study, tmp_path):
     entry = _entry(e2e_result, phantom_study["b_ct"])
     prediction = nib.load(e2e_result.output_dir / entry["nifti_file"])
+    # header as the project's own NIfTI files (spleenseg.dicom.nifti.to_ras_nifti): scanner coordinates, mm
+    assert (int(prediction.header["qform_code"]), int(prediction.header["sform_code"])) == (1, 1)
+    assert prediction.header.get_xyzt_units()[0] == "mm" and prediction.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(prediction.get_qform(), prediction.affine, atol=1e-4)
     predicted = np.asarray(prediction.dataobj) > 0
     assert predicted.sum() == entry["spleen_voxels"] > 0
     # highdicom: frames looked up by source instance

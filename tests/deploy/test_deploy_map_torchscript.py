@@ -64,12 +64,13 @@ def test_env_vars_and_torchscript_bundle_give_the_folder_bundle_result(tmp_path,
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},  # stdout block-buffered, as in a MAP
            "HOLOSCAN_INPUT_PATH": str(tmp_path / "in"), "HOLOSCAN_OUTPUT_PATH": str(tmp_path / "out_ts"),
            "HOLOSCAN_MODEL_PATH": str(model_ts)}
+    (tmp_path / "out_ts").mkdir()  # exists, as a container's mounted output folder does
     proc = run_app_copy(sys.executable, map_app_folder(tmp_path / "map_app"), [], env, tmp_path)
     a, b = seg_pair(tmp_path / "out_ts", folder_result)
     assert b.sum() > 0 and dice(a, b) > 0.99
     # The app ends with os._exit (no interpreter teardown): what it printed and logged must still come out.
     printed = sorted(Path(line) for line in proc.stdout.splitlines())
-    assert printed == sorted((tmp_path / "out_ts").iterdir())
+    assert printed == sorted((tmp_path / "out_ts").iterdir())  # and no staging folder left inside
     assert (tmp_path / "out_ts" / "spleen_report.json") in printed
     assert "done in" in proc.stderr
     assert np.array_equal(a.shape, b.shape)
