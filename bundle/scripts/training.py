@@ -56,6 +56,7 @@ class SaverState:
 
     Stored inside the full-state checkpoint so that after ``--resume`` the first validation does not
     overwrite ``models/model.pt`` with a worse model (the saver would otherwise forget the best score).
+    ``saver`` is ``None`` where the config disables it (ranks other than 0): nothing to save or restore there.
     """
 
     def __init__(self, saver: Any) -> None:
@@ -66,7 +67,7 @@ class SaverState:
         return ckpt.state_dict() if ckpt is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
-        if state:
+        if state and self.saver is not None:
             self.saver.load_state_dict(state)
 
 

@@ -1,0 +1,68 @@
+"""Boolean knobs as the command line passes them: ``--largest_cc false`` arrives as the string 'false' (fire
+makes a bool only of ``False``/``True``), and it must switch the step off, not leave it on because it is truthy.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigParser
+
+from bundle_util import CONFIGS, config_arg, run_bundle
+
+#: (value on the command line after fire's parsing, what it means)
+CLI_VALUES = [("false", False), ("FALSE", False), ("no", False), (0, False), (False, False),
+              ("true", True), ("Yes", True), (1, True), (True, True)]
+#: (configs merged, list of steps, knob that switches some of them)
+SWITCHES = [(("inference",), "postprocessing_transforms", "largest_cc"),
+            (("inference",), "postprocessing_transforms", "save_prob"),
+            (("train", "evaluate"), "validate#postprocessing_transforms", "largest_cc"),
+            (("train", "evaluate"), "validate#postprocessing_transforms", "save_pred")]
+
+
+def _parser(*configs: str, **overrides: object) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / f"{c}.json") for c in configs])
+    parser.update(overrides)
+    return parser
+
+
+def _switched_on(parser: ConfigParser, list_id: str, knob: str) -> list[bool]:
+    """For each step of ``list_id`` whose ``_disabled_`` reads ``knob``: whether the step is on."""
+    ids = [f"{list_id}#{i}#_disabled_" for i, step in enumerate(parser[list_id])
+           if f"@{knob}" in str(step.get("_disabled_", ""))]
+    assert ids, f"no step of {list_id} is switched by {knob}"
+    return [not parser.get_parsed_content(i) for i in ids]
+
+
+@pytest.mark.parametrize("configs, list_id, knob", SWITCHES)
+@pytest.mark.parametrize("given, expected", CLI_VALUES)
+def test_switch_follows_the_cli_value(configs, list_id, knob, given, expected) -> None:
+    assert set(_switched_on(_parser(*configs, **{knob: given}), list_id, knob)) == {expected}
+
+
+@pytest.mark.parametrize("configs, ids", [(("train",), ["train#trainer#amp", "validate#evaluator#amp"]),
+                                          (("inference",), ["evaluator#amp"])])
+def test_amp_follows_the_cli_value(configs, ids) -> None:
+    for given, expected in (("false", False), ("true", True)):
+        parser = _parser(*configs, amp=given)
+        assert [parser.get_parsed_content(i) for i in ids] == [expected] * len(ids), given
+
+
+def test_misspelt_switch_is_an_error_naming_the_value() -> None:
+    with pytest.raises(RuntimeError, match="largest_cc") as err:
+        _switched_on(_parser("inference", largest_cc="flase"), "postprocessing_transforms", "largest_cc")
+    assert isinstance(err.value.__cause__, ValueError) and "flase" in str(err.value.__cause__)
+
+
+def test_cli_false_leaves_out_the_component_step_and_the_probability(tmp_path: Path) -> None:
+    """Through ``python -m monai.bundle run`` itself, which prints the post-processing instead of running it."""
+    show = "['$print(\"POSTPROCESSING\", [type(t).__name__ for t in @postprocessing.transforms])']"
+    proc = run_bundle(["run", "--config_file", config_arg("inference"), "--output_dir", str(tmp_path),
+                       "--largest_cc", "false", "--save_prob", "false", "--run", show])
+    line = next(s for s in proc.stdout.splitlines() if s.startswith("POSTPROCESSING "))
+    steps = ast.literal_eval(line.split(" ", 1)[1])
+    assert steps.count("Lambdad") == 1  # the spleen channel only; the largest component would be a second one
+    assert "CopyItemsd" not in steps and steps.count("SaveImaged") == 1  # the mask, no probability map
