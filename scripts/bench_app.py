@@ -172,8 +172,10 @@ def study_slices(study: Path) -> list:
     """Header-only datasets of the study's CT slices, ordered along the slice normal."""
     import pydicom
 
+    from spleenseg.dicom.scan import is_localizer
+
     datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(study.rglob("*.dcm"))]
-    datasets = [d for d in datasets if "LOCALIZER" not in [str(v) for v in d.get("ImageType", [])]]
+    datasets = [d for d in datasets if not is_localizer(d)]
     normal = np.cross(*np.reshape(np.asarray(datasets[0].ImageOrientationPatient, float), (2, 3)))
     return sorted(datasets, key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))))
 
