@@ -78,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         from deploy_app.node.node import DicomNode
 
         DicomNode(config).serve_forever()
-    except SpleensegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # e.g. port already in use, work_dir not writable
+    except (SpleensegError, OSError) as exc:  # OSError: e.g. port already in use, work_dir not writable
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -84,7 +84,8 @@ class NodeConfig:
             raise InputError(f"quiet_seconds must be >= 0, got {self.quiet_seconds}")
         if self.workers < 1:
             raise InputError(f"workers must be >= 1, got {self.workers}")
-        if ":" not in self.pipeline:
+        module, _, function = self.pipeline.partition(":")
+        if not module or not function:
             raise InputError(f"pipeline must look like 'module:function', got {self.pipeline!r}")
         if self.destination is not None:
             _check_aet(self.destination.ae_title, "destination.ae_title")

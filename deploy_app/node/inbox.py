@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spleenseg.atomic import atomic_file
+
 log = logging.getLogger("deploy_app.node")
 
 STATES = ("queued", "running", "outbox", "done", "failed")
@@ -237,7 +239,10 @@ class Inbox:
 
     def save(self, job: JobRecord, job_dir: Path | None = None) -> None:
         job_dir = job_dir or self.job_dir(job)
-        _write_json_atomic(job_dir / "job.json", job.as_dict())
+        if not job_dir.is_dir():  # atomic_file would create it: never make a job folder appear from a record
+            raise FileNotFoundError(f"{job_dir}: job folder not found")
+        with atomic_file(job_dir / "job.json") as tmp:
+            tmp.write_text(json.dumps(job.as_dict(), indent=2))
 
     @staticmethod
     def load(job_dir: Path) -> JobRecord:
@@ -273,9 +278,3 @@ def _count_instances(folder: Path) -> int:
         return sum(1 for p in folder.iterdir() if p.suffix == ".dcm")
     except FileNotFoundError:
         return 0
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
-    os.replace(tmp, path)

@@ -17,14 +17,13 @@ import threading
 import time
 from typing import Any
 
-from pydicom import dcmread
-
 from deploy_app.node.config import NodeConfig
 from deploy_app.node.inbox import OWN_RESULT_MARKER, Inbox, JobRecord, utc_now
 from deploy_app.node.pipeline import Pipeline, PipelineError, PipelineRunner
 from deploy_app.node.scp import start_scp
-from deploy_app.node.sender import SendError, dicom_files, echo, send_files
+from deploy_app.node.sender import SendError, dicom_files, echo, read_headers, send_files
 from deploy_app.node.status import StatusServer, build_status, write_status
+from spleenseg.errors import SpleensegError
 
 log = logging.getLogger("deploy_app.node")
 TICK_SECONDS = 0.5
@@ -50,6 +49,8 @@ class DicomNode:
         self._server: Any = None
         self._http: StatusServer | None = None
         self._started_at = utc_now()
+        self._status_lock = threading.Lock()
+        self._last_status: dict[str, Any] | None = None
 
     # ---- life cycle --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -124,10 +125,19 @@ class DicomNode:
         return build_status(self.inbox, node, destination)
 
     def write_status(self) -> None:
-        try:
-            write_status(self.status_path, self.status())
-        except OSError as exc:
-            log.warning("cannot write %s: %s", self.status_path, exc)
+        """Write ``status.json`` when its content changed (``updated_at`` aside, which is then the time of the
+        change). Locked: start()/stop() and the ticker call this from different threads."""
+        with self._status_lock:
+            status = self.status()
+            content = {k: v for k, v in status.items() if k != "updated_at"}
+            if content == self._last_status:
+                return
+            try:
+                write_status(self.status_path, status)
+            except (OSError, SpleensegError) as exc:
+                log.warning("cannot write %s: %s", self.status_path, exc)
+                return
+            self._last_status = content
 
     # ---- ticker: quiet studies become jobs ---------------------------------------------------------------
     def _ticker(self) -> None:
@@ -165,12 +175,16 @@ class DicomNode:
         if (self.inbox.job_dir(job) / "input" / OWN_RESULT_MARKER).exists():
             self._skip_processed(job)
             return
+        # A job an operator moved back from failed/ holds what its last run left: its partial output, or (when
+        # sending failed) its complete output and send record. Cleared while still in queued/, so a crash here
+        # never lets recover() send old results. (error.txt is cleared by the runner.)
+        for stale in ("output.partial", "output"):
+            shutil.rmtree(self.inbox.job_dir(job) / stale, ignore_errors=True)
         job_dir = self.inbox.move(job, "running")
-        shutil.rmtree(job_dir / "output.partial", ignore_errors=True)
-        (job_dir / "error.txt").unlink(missing_ok=True)
         partial = job_dir / "output.partial"
         partial.mkdir()
         job.started_at, job.error = utc_now(), None
+        job.sent, job.send_attempts = [], 0
         self.inbox.save(job)
         self.inbox.append_log(job, f"started on {job.instances} instance(s)")
         log.info("study %s: started (job %s, %d instances)", job.study_uid, job_id, job.instances)
@@ -191,9 +205,10 @@ class DicomNode:
         job.outputs = sorted(str(p.relative_to(job_dir / "output")) for p in (job_dir / "output").rglob("*")
                              if p.is_file())
         self.inbox.append_log(job, f"finished in {job.run_seconds} s: {job.outputs}")
-        self.inbox.move(job, "outbox")
+        # Logged before the move (also "sent" and "failed"): a job seen in its next folder has its log line.
         log.info("study %s: finished in %.1f s (job %s): %d DICOM file(s) to send", job.study_uid,
-                 job.run_seconds, job_id, len(dicom_files(self.inbox.job_dir(job) / "output")))
+                 job.run_seconds, job_id, len(dicom_files(job_dir / "output")))
+        self.inbox.move(job, "outbox")
         self._wake_sender.set()
 
     def _park_broken_job(self, job_id: str, reason: str) -> None:
@@ -237,10 +252,10 @@ class DicomNode:
         job_dir = self.inbox.job_dir(job)
         (job_dir / "error.txt").write_text(reason + "\n")
         self.inbox.append_log(job, f"FAILED: {reason}")
-        failed_dir = self.inbox.move(job, "failed")
         first_line = reason.splitlines()[0] if reason else "?"
         log.error("study %s: failed (job %s): %s; kept in %s (see job.log there)", job.study_uid, job.job_id,
-                  first_line, failed_dir)
+                  first_line, self.inbox.job_dir(job.job_id, "failed"))
+        self.inbox.move(job, "failed")
 
     # ---- sender: C-STORE with backoff --------------------------------------------------------------------
     def _sender(self) -> None:
@@ -275,25 +290,26 @@ class DicomNode:
         files = [p for p in dicom_files(job_dir / "output") if p.name not in job.sent]
         job.send_attempts += 1
         try:
-            sent = send_files(files, dest, self.config.ae_title)
+            headers = read_headers(files)
+            # Recorded *before* sending: a PACS may forward our SEG back before send_files returns. A UID recorded
+            # for a send that then fails is harmless (the same result is sent again on the retry).
+            self.inbox.record_sent([str(ds.SOPInstanceUID) for ds in headers.values()])
+            sent = send_files(headers, dest, self.config.ae_title)
         except SendError as exc:
-            partial = getattr(exc, "sent", [])
-            job.sent += [p.name for p in partial]
-            self.inbox.record_sent([str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in partial])
+            job.sent += [p.name for p in getattr(exc, "sent", [])]
             self._send_failed(job, str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - e.g. an unreadable result file: count it, never loop
             self._send_failed(job, f"{type(exc).__name__}: {exc}")
             return
         job.sent += [p.name for p in sent]
-        self.inbox.record_sent([str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in sent])
         job.sent_at, job.error = utc_now(), None
         self._dest_state.update(last_ok_at=job.sent_at, last_error=None)
         self._next_send.pop(job_id, None)
         self.inbox.append_log(job, f"sent {len(sent)} file(s) to {dest.ae_title}@{dest.host}:{dest.port}")
-        self._move_to_done(job)
         log.info("study %s: sent %d file(s) to %s@%s:%d (job %s)", job.study_uid, len(sent), dest.ae_title,
                  dest.host, dest.port, job_id)
+        self._move_to_done(job)
 
     def _send_failed(self, job: JobRecord, reason: str) -> None:
         cfg = self.config

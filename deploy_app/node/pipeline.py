@@ -36,10 +36,8 @@ class PipelineError(RuntimeError):
 
 def check_pipeline(pipeline: Pipeline) -> None:
     """Fail at start-up, not on the first study, when the pipeline cannot be found or sent to a child."""
-    if isinstance(pipeline, str):
-        module, _, attr = pipeline.partition(":")
-        if not module or not attr:
-            raise InputError(f"pipeline must look like 'module:function', got {pipeline!r}")
+    if isinstance(pipeline, str):  # its 'module:function' form is checked with the config
+        module = pipeline.partition(":")[0]
         if importlib.util.find_spec(module) is None:
             raise InputError(f"pipeline {pipeline!r}: module {module!r} is not importable")
         return
@@ -79,7 +77,7 @@ class PipelineRunner:
         ``on_start`` gets the child's pid (recorded in ``job.json`` so an operator can find the process).
         """
         error_path = log_path.with_name("error.txt")
-        error_path.unlink(missing_ok=True)
+        error_path.unlink(missing_ok=True)  # a reason left by an earlier run of the job is not this run's
         proc = _MP.Process(
             target=_child_main,
             args=(self.pipeline, str(input_dir), str(output_dir), self.model_path, self.options, str(log_path),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
@@ -40,20 +40,25 @@ def dicom_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and is_dicom_file(p))
 
 
-def send_files(files: list[Path], dest: Destination, calling_aet: str, timeout: float = 30.0) -> list[Path]:
-    """C-STORE ``files`` to ``dest``; return the files stored. Raise :class:`SendError` on the first problem.
+def read_headers(files: list[Path]) -> dict[Path, Dataset]:
+    """The header of each file (no pixel data), read once: the node records the SOP Instance UIDs from them
+    before sending, and :func:`send_files` negotiates presentation contexts from them."""
+    return {path: dcmread(path, stop_before_pixels=True) for path in files}
+
+
+def send_files(headers: dict[Path, Dataset], dest: Destination, calling_aet: str,
+               timeout: float = 30.0) -> list[Path]:
+    """C-STORE the files (keys of ``headers``, see :func:`read_headers`) to ``dest``; return the files stored.
+    Raise :class:`SendError` on the first problem.
 
     Files stored before a failure are returned through the exception's ``sent`` attribute so a retry does
     not send them twice.
     """
-    if not files:  # everything was sent before a restart
+    if not headers:  # everything was sent before a restart
         return []
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    headers = {}
-    for path in files:
-        ds = dcmread(path, stop_before_pixels=True)
-        headers[path] = ds
+    for ds in headers.values():
         syntaxes = list(dict.fromkeys([ds.file_meta.TransferSyntaxUID, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
         ae.add_requested_context(ds.SOPClassUID, syntaxes)
     try:
@@ -65,7 +70,7 @@ def send_files(files: list[Path], dest: Destination, calling_aet: str, timeout: 
         raise SendError(f"{dest.ae_title}@{dest.host}:{dest.port} {why}")
     sent: list[Path] = []
     try:
-        for path in files:
+        for path in headers:
             try:
                 status = assoc.send_c_store(path)
             except (ValueError, RuntimeError) as exc:  # e.g. no accepted presentation context for the SOP class

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deploy_app.node.inbox import Inbox, utc_now
+from spleenseg.atomic import atomic_file
 
 log = logging.getLogger("deploy_app.node")
 
@@ -44,9 +44,8 @@ def _summary(job: Any) -> dict[str, Any]:
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(status, indent=2))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:  # a unique temporary name, then a rename: readers never see half a file
+        tmp.write_text(json.dumps(status, indent=2))
 
 
 class StatusServer:

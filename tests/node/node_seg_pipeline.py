@@ -76,7 +76,3 @@ def crashing(input_dir: str, output_dir: str, model_path: str | None = None, **_
     import os
 
     os._exit(139)  # what a segfault in native code looks like from the parent
-
-
-def writes_nothing(input_dir: str, output_dir: str, model_path: str | None = None, **_: Any) -> None:
-    (Path(output_dir) / "spleen_report.json").write_text("{}")

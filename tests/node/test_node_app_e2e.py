@@ -7,19 +7,12 @@ PACS conformant and complete; whether the mask is right is the app's own tests' 
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 from node_helpers import dciodvfy_errors, free_port, send_study_from_orthanc, wait_for, wait_for_seg
 from spleenseg.paths import BUNDLE_DIR
-
-
-def _deploy_app_run_exists() -> bool:
-    return hasattr(importlib.import_module("deploy_app"), "run")
 
 
 def _all_foreground_bundle(dest: Path) -> Path:
@@ -44,7 +37,6 @@ def _all_foreground_bundle(dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.skipif(not _deploy_app_run_exists(), reason="deploy_app.run does not exist yet (issue 5)")
 def test_real_app_behind_the_node(orthanc_factory, node_factory, tiny_dicom_series, tmp_path: Path) -> None:
     model = _all_foreground_bundle(tmp_path / "bundle")
     node_port = free_port()

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
-import time
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from deploy_app.node.__main__ import main
-from deploy_app.node.config import load_config
-from deploy_app.node.inbox import Inbox
+from deploy_app.node.config import NodeConfig, load_config
+from deploy_app.node.inbox import Inbox, JobRecord, utc_now
+from deploy_app.node.node import DicomNode
 from deploy_app.node.pipeline import PipelineError, PipelineRunner, check_pipeline
 from deploy_app.node.sender import dicom_files
 from spleenseg.errors import InputError
 
 import node_seg_pipeline
+from node_helpers import TEST_PIPELINE, free_port, write_ct_study
 
 
 # ---- config ------------------------------------------------------------------------------------------------
@@ -123,10 +126,8 @@ def test_pipeline_failure_is_a_clear_reason(tmp_path: Path, func: object, expect
 
 def test_pipeline_timeout_kills_the_run(tmp_path: Path) -> None:
     runner, job = _runner(tmp_path, "node_seg_pipeline:sleeping", timeout=3)
-    t0 = time.monotonic()
     with pytest.raises(PipelineError, match="did not finish within job_timeout_seconds=3; killed"):
         runner.run(job / "input", job / "out", job / "job.log")
-    assert time.monotonic() - t0 < 20
 
 
 def test_pipeline_that_cannot_be_found_fails_at_start_up() -> None:
@@ -140,3 +141,75 @@ def test_only_dicom_files_are_sent(tmp_path: Path) -> None:
     (tmp_path / "spleen_report.json").write_text("{}")
     (tmp_path / "seg.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 10)
     assert [p.name for p in dicom_files(tmp_path)] == ["seg.dcm"]
+
+
+# ---- the node's job steps, called directly (no threads, no SCP) ----------------------------------------------
+def _node(tmp_path: Path, **options: object) -> DicomNode:
+    return DicomNode(NodeConfig(work_dir=str(tmp_path / "work"), allowed_calling_aets=["PACS"],
+                                pipeline=TEST_PIPELINE, **options))
+
+
+def _job_with_output(node: DicomNode, state: str, files: list[Path], **fields: object) -> JobRecord:
+    job = JobRecord("20260101T000000-1.2.3", "1.2.3", 1, ["PACS"], utc_now(), state=state, **fields)
+    (node.inbox.job_dir(job) / "output").mkdir(parents=True)
+    for f in files:
+        shutil.copy(f, node.inbox.job_dir(job) / "output")
+    node.inbox.save(job)
+    return job
+
+
+def test_result_uids_are_recorded_before_sending(tmp_path: Path) -> None:
+    """A PACS may forward our SEG back before the C-STORE returns: its UID must be known before the association
+    (here the destination is down, so nothing was sent and the UID is known all the same)."""
+    ct = write_ct_study(tmp_path / "ct")
+    node = _node(tmp_path, destination={"host": "127.0.0.1", "port": free_port(), "ae_title": "NOBODY"})
+    job = _job_with_output(node, "outbox", ct["files"][:1])
+    node._send(job.job_id)
+    [uid] = ct["sop_uids"][:1]
+    assert node.inbox.is_own_result(uid)
+    assert Inbox(node.inbox.root).is_own_result(uid), "recorded on disk for a restarted node"
+    record = Inbox.load(node.inbox.job_dir(job.job_id, "outbox"))
+    assert record.send_attempts == 1 and record.sent == []
+    assert record.error.startswith("send attempt 1 failed: NOBODY@127.0.0.1")
+
+
+def test_unreadable_result_is_a_failed_send_attempt(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM")  # looks like DICOM, has no header to read a SOP Instance UID from
+    node = _node(tmp_path, destination={"host": "127.0.0.1", "port": free_port(), "ae_title": "NOBODY"})
+    job = _job_with_output(node, "outbox", [bad])
+    node._send(job.job_id)
+    record = Inbox.load(node.inbox.job_dir(job.job_id, "outbox"))
+    assert record.send_attempts == 1
+    assert record.error.startswith("send attempt 1 failed: AttributeError: ")
+
+
+def test_job_that_failed_sending_can_be_queued_again(tmp_path: Path) -> None:
+    """An operator moves failed/<job> back to queued/: it runs again with a clean output and send record."""
+    ct = write_ct_study(tmp_path / "ct")
+    node = _node(tmp_path)
+    stale = tmp_path / "old.dcm"
+    shutil.copy(ct["files"][0], stale)
+    job = _job_with_output(node, "failed", [stale], sent=["old.dcm"], send_attempts=3, error="sending failed")
+    shutil.copytree(ct["files"][0].parent, node.inbox.job_dir(job) / "input")
+    (node.inbox.job_dir(job) / "error.txt").write_text("sending failed 3 times, giving up\n")
+    os.rename(node.inbox.job_dir(job), node.inbox.job_dir(job.job_id, "queued"))
+
+    node._process(job.job_id)
+    outbox = node.inbox.job_dir(job.job_id, "outbox")
+    assert [p.name for p in (outbox / "output").iterdir()] == ["seg.dcm"]
+    assert not (outbox / "error.txt").exists()
+    record = Inbox.load(outbox)
+    assert record.sent == [] and record.send_attempts == 0 and record.error is None
+
+
+def test_status_file_is_rewritten_only_when_it_changes(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    node.write_status()
+    first = node.status_path.stat().st_ino  # every write is a new file renamed into place
+    node.write_status()
+    assert node.status_path.stat().st_ino == first
+    node.inbox.store("1.2.3", "1.2.3.1", b"a", "PACS")
+    node.write_status()
+    assert node.status_path.stat().st_ino != first
+    assert json.loads(node.status_path.read_text())["counts"]["receiving"] == 1
