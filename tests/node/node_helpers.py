@@ -25,6 +25,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from dicom_checks import dciodvfy_errors  # noqa: F401  (the node tests import it from here)
 from spleenseg.paths import REPO_ROOT
 
 ORTHANC_BIN = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
@@ -230,8 +231,3 @@ def wait_for_seg(orthanc: Orthanc, timeout: float = 60) -> bytes:
     seg_ids = wait_for(orthanc.seg_instances, timeout, "the SEG to arrive in Orthanc")
     assert len(seg_ids) == 1, f"expected one SEG, Orthanc holds {len(seg_ids)}"
     return orthanc.rest("GET", f"/instances/{seg_ids[0]}/file")
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
