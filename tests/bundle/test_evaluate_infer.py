@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from bundle_util import TINY, TrainRun, config_arg, run_bundle
+from spleenseg.measure import dice
 
 METRICS = ["val_mean_dice", "val_hd95_mm", "val_surface_dice_1mm", "val_pred_volume_ml", "val_ref_volume_ml"]
 
@@ -35,10 +36,6 @@ def _world_centroid(img: nib.Nifti1Image) -> np.ndarray:
     ijk = np.argwhere(np.asarray(img.dataobj) > 0)
     assert len(ijk), "empty mask"
     return nib.affines.apply_affine(img.affine, ijk.mean(0))
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
 
 
 def _relabel(img: nib.Nifti1Image, ornt_to: str) -> nib.Nifti1Image:
@@ -109,17 +106,23 @@ def test_inference_grid_and_left_side_for_ras_lps_oblique(trained_run: TrainRun,
     # LPS is a pure voxel permutation of the same physical image: the mask must be the same in patient space
     lps_back = _relabel(preds["lps"], "".join(nib.aff2axcodes(src.affine)))
     np.testing.assert_allclose(lps_back.affine, src.affine, atol=1e-4)
-    assert _dice(np.asarray(lps_back.dataobj) > 0, np.asarray(preds["ras"].dataobj) > 0) > 0.99
+    assert dice(np.asarray(lps_back.dataobj) > 0, np.asarray(preds["ras"].dataobj) > 0) > 0.99
 
     # the spleen is where the reference says and on the patient's LEFT (RAS x below the body's centre)
     ref = nib.load(label_path)
-    assert _dice(np.asarray(preds["ras"].dataobj) > 0, np.asarray(ref.dataobj) > 0) > 0.6
+    assert dice(np.asarray(preds["ras"].dataobj) > 0, np.asarray(ref.dataobj) > 0) > 0.6
     body = nib.Nifti1Image((np.asarray(src.dataobj) > -300).astype(np.uint8), src.affine)
     body_x = _world_centroid(body)[0]
     for name in ("ras", "lps"):
         spleen = _world_centroid(preds[name])
         assert spleen[0] < body_x - 30.0, f"{name}: spleen centroid x={spleen[0]:.0f} mm not left of {body_x:.0f}"
         assert np.linalg.norm(spleen - _world_centroid(ref)) < 15.0, name
+    # oblique: the same voxels under a rotated affine; the mask must stay on those voxels, i.e. on the reference
+    # drawn in the same rotated frame (the model sees a resampled, rotated image, hence the lower bound)
+    oblique_ref = _oblique(ref)
+    assert dice(np.asarray(preds["oblique"].dataobj) > 0, np.asarray(oblique_ref.dataobj) > 0) > 0.6
+    # in patient coordinates (the rotation moves this spleen by about 35 mm, so a mask left unrotated fails)
+    assert np.linalg.norm(_world_centroid(preds["oblique"]) - _world_centroid(oblique_ref)) < 15.0
 
 
 def test_inference_single_file_with_probability(trained_run: TrainRun, tmp_path: Path) -> None:
@@ -135,7 +138,7 @@ def test_inference_single_file_with_probability(trained_run: TrainRun, tmp_path:
     p = prob.get_fdata()
     assert 0.0 <= p.min() and p.max() <= 1.0 and p.max() > 0.5
     # the saved probability and mask agree: with largest_cc off the mask is the spleen probability above 0.5
-    assert _dice(p > 0.5, np.asarray(seg.dataobj) > 0) > 0.98
+    assert dice(p > 0.5, np.asarray(seg.dataobj) > 0) > 0.98
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # staging folder cleaned up
 
 
