@@ -120,6 +120,13 @@ def test_report_matches_the_mask(e2e_result, phantom_study):
     assert entry["craniocaudal_length_mm"] == pytest.approx((slices.max() - slices.min() + 1) * 4.0)
     truth_ml = phantom_study["a"].spleen_ml
     assert abs(entry["spleen_volume_ml"] - truth_ml) < 0.25 * truth_ml
+    # the bounding box in patient coordinates (LPS mm) is the true spleen's, to within a voxel or two
+    phantom = phantom_study["a"]
+    ijk = np.argwhere(phantom.label > 0)
+    true_lps = ijk @ phantom.affine_lps[:3, :3].T + phantom.affine_lps[:3, 3]
+    two_voxels = 2 * np.abs(phantom.affine_lps[:3, :3]).sum(axis=1)  # per world axis (x, y, z)
+    assert np.all(np.abs(np.asarray(entry["bbox_lps_mm"]["min"]) - true_lps.min(0)) <= two_voxels)
+    assert np.all(np.abs(np.asarray(entry["bbox_lps_mm"]["max"]) - true_lps.max(0)) <= two_voxels)
     report = e2e_result.report
     assert report["model"]["name"] and report["run_time_s"] > 0
     assert entry["seg_series_instance_uid"] and entry["study_instance_uid"]
