@@ -21,7 +21,7 @@ import requests
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from node_helpers import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, NODE_AET, ORIGIN, SIZE, SLICES, SPACING, c_store,
+from node_helpers import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, NODE_AET, SIZE, SLICES, c_store,
                           dciodvfy_errors, free_port, send_study_from_orthanc, slice_z, wait_for, wait_for_seg,
                           write_ct_study)
 from spleenseg.paths import REPO_ROOT
@@ -92,12 +92,15 @@ def _assert_mask_in_patient_coordinates(seg: hd.seg.Segmentation) -> None:
     assert hit_z == pytest.approx([slice_z(k) for k in BLOB_SLICES])
     expected = np.zeros((SIZE, SIZE), bool)
     expected[BLOB_ROWS, BLOB_COLS] = True
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    iop = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    row_mm, col_mm = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
     for p, frame in zip(positions, frames):
         if frame.any():
             assert np.array_equal(frame.astype(bool), expected)
-    cols = np.nonzero(expected.any(axis=0))[0]
-    x_mm = ORIGIN[0] + cols * SPACING
-    assert (x_mm > 0).all(), "the blob lies on the patient's left"
+            rows, cols = np.nonzero(frame)  # to patient coordinates with the SEG's own geometry (PS3.3 C.7.6.2)
+            x_mm = p[0] + cols * col_mm * iop[0] + rows * row_mm * iop[3]
+            assert (x_mm > 0).all(), "the blob lies on the patient's left"
 
 
 def test_destination_down_then_up(orthanc_factory, node_factory, ct_study) -> None:
