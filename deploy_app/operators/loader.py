@@ -12,8 +12,9 @@ UID policy (documented in the README, "Deployment"):
   is the same object's identity, so nothing is invented;
 * blank Study or Series Instance UID: refused by default, because the SEG must carry the source study's UID
   to be filed with it and must reference the source series. With ``allow_generated_uids`` the app derives a
-  deterministic UID (same input, same UID) from the patient/study/series attributes, logs a WARNING and lists
-  it under ``generated_uids`` in ``spleen_report.json``.
+  deterministic UID (same input, same UID) from the patient/study/series attributes, the same one the data
+  preparation derives (:func:`spleenseg.dicom.scan.header_from_dataset`), logs a WARNING and lists it under
+  ``generated_uids`` in ``spleen_report.json``.
 """
 
 from __future__ import annotations
@@ -23,22 +24,19 @@ from collections import defaultdict
 from pathlib import Path
 
 import pydicom
-from pydicom.uid import generate_uid
 
 from monai.deploy.core import Fragment
 from monai.deploy.core.domain.dicom_series import DICOMSeries
 from monai.deploy.core.domain.dicom_study import DICOMStudy
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 from spleenseg.dicom.decode import check_decodable, read_file
-from spleenseg.dicom.scan import list_files
+from spleenseg.dicom.scan import header_from_dataset, list_files
 from spleenseg.dicom.volume import detached_copy
 from spleenseg.errors import InputError
 
 log = logging.getLogger(__name__)
 
 #: Keywords that identify a study/series; a blank value is refused unless UIDs may be generated.
-_STUDY_KEYS = ("PatientID", "PatientName", "StudyDate", "StudyTime", "AccessionNumber", "FrameOfReferenceUID")
-_SERIES_KEYS = ("FrameOfReferenceUID", "SeriesNumber", "SeriesDescription", "SeriesTime", "Modality")
 
 
 def _uid(ds: pydicom.Dataset, keyword: str) -> str:
@@ -99,15 +97,12 @@ def fill_study_series_uids(datasets: list[pydicom.Dataset], allow_generated: boo
     generated: dict[str, str] = {}  # generated UID -> keyword
     counts: dict[str, int] = defaultdict(int)
     for ds in blank:
-        if not _uid(ds, "StudyInstanceUID"):
-            ds.StudyInstanceUID = generate_uid(entropy_srcs=["study"] + [str(ds.get(k, "")) for k in _STUDY_KEYS])
-            generated[ds.StudyInstanceUID] = "StudyInstanceUID"
-            counts[ds.StudyInstanceUID] += 1
-        if not _uid(ds, "SeriesInstanceUID"):
-            ds.SeriesInstanceUID = generate_uid(
-                entropy_srcs=["series", ds.StudyInstanceUID] + [str(ds.get(k, "")) for k in _SERIES_KEYS])
-            generated[ds.SeriesInstanceUID] = "SeriesInstanceUID"
-            counts[ds.SeriesInstanceUID] += 1
+        header = header_from_dataset(ds, getattr(ds, "filename", ""))  # the UIDs prepare_data derives, too
+        for keyword, uid in (("StudyInstanceUID", header.study_uid), ("SeriesInstanceUID", header.series_uid)):
+            if not _uid(ds, keyword):
+                setattr(ds, keyword, uid)
+                generated[uid] = keyword
+                counts[uid] += 1
     for uid, keyword in generated.items():
         log.warning("GENERATED %s %s for %d file(s) where it was blank (e.g. %s): the SEG will NOT be filed "
                     "with the original study", keyword, uid, counts[uid], example)

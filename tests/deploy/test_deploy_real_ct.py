@@ -10,6 +10,7 @@ import pydicom
 import pytest
 
 import deploy_app
+from spleenseg.dicom.scan import scan_dicom
 from spleenseg.errors import InputError
 from deploy_helpers import assert_nothing_written, dciodvfy_errors
 
@@ -57,5 +58,9 @@ def test_with_generated_uids_it_writes_a_conformant_seg_on_the_source_slices(j2k
     assert set(entry["generated_uids"]) == {"StudyInstanceUID", "SeriesInstanceUID"}
     assert seg.StudyInstanceUID == entry["generated_uids"]["StudyInstanceUID"] == entry["study_instance_uid"]
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == entry["generated_uids"]["SeriesInstanceUID"]
+    # the same UIDs the data preparation (scripts/prepare_data.py group/convert) derives for this export
+    [group] = scan_dicom(j2k_dir)
+    assert (group.study_uid, group.series_uid) == (entry["generated_uids"]["StudyInstanceUID"],
+                                                   entry["generated_uids"]["SeriesInstanceUID"])
     assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
     assert int(seg.Rows) == int(seg.Columns) == 512
