@@ -5,5 +5,7 @@
 - :mod:`spleenseg.report.visualize`  checkpoint → bundle inference → panels, GIFs, curves
   (CLI: ``scripts/visualize.py``)
 
+- :mod:`spleenseg.report.figure`     Agg backend and write-then-rename saving of figures
+
 Submodules are not imported here so that importing the package does not pull in matplotlib.
 """

@@ -7,12 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from spleenseg.atomic import atomic_file  # noqa: E402
+from spleenseg.report.figure import plt, save_figure
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -61,9 +56,4 @@ def plot_learning_curves(
     for ax in (ax_loss, ax_val):
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
-    try:
-        with atomic_file(out_png) as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=110)

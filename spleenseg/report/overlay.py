@@ -11,16 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import nibabel as nib
+import numpy as np
+from matplotlib.colors import ListedColormap
+from PIL import Image, ImageDraw
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-
-from spleenseg.atomic import atomic_file  # noqa: E402
+from spleenseg.atomic import atomic_file
+from spleenseg.report.figure import plt, save_figure
 
 #: Soft-tissue CT window (level 40 HU, width 400 HU), the usual abdominal reading window.
 WINDOW = (-160.0, 240.0)
@@ -75,15 +72,6 @@ def _markers(ax: plt.Axes) -> None:
     ax.text(0.5, 0.04, "P", **kw)
 
 
-def _save(fig: plt.Figure, out: Path) -> Path:
-    try:
-        with atomic_file(out) as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
-    return out
-
-
 def slice_panel(
     image: RasVolume, reference: RasVolume | None, prediction: RasVolume, z: int, out_png: str | Path, title: str = ""
 ) -> Path:
@@ -115,7 +103,7 @@ def slice_panel(
     z_mm = float((image.affine @ np.array([0, 0, z, 1]))[2])
     fig.suptitle(f"{title}  axial slice {z} (z = {z_mm:.1f} mm)  green = reference, red = prediction")
     fig.tight_layout()
-    return _save(fig, Path(out_png))
+    return save_figure(fig, out_png)
 
 
 def _rgb_frame(image: RasVolume, reference: RasVolume | None, prediction: RasVolume, z: int) -> Image.Image:
