@@ -6,6 +6,7 @@ window, inversion to the input grid), not a re-implementation that could differ.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import tempfile
@@ -20,20 +21,25 @@ from spleenseg.report.overlay import choose_slices, load_ras, slice_panel, slice
 logger = logging.getLogger(__name__)
 
 
-def _cases(dataset_dir: Path, split: str, n_cases: int) -> list[dict[str, Path | None]]:
-    """Image/label pairs of a dataset split (``test`` uses ``test_labels`` when the dataset has them)."""
-    meta_file = dataset_dir / "dataset.json"
-    if not meta_file.is_file():
-        raise InputError(f"{meta_file}: no dataset.json in the dataset folder")
-    meta = json.loads(meta_file.read_text())
-    if split == "test":
-        labels = meta.get("test_labels") or []
-        items = [{"image": img, "label": labels[i] if i < len(labels) else None} for i, img in enumerate(meta["test"])]
-    else:
-        items = meta.get(split) or []
-    if not items:
-        raise InputError(f"{meta_file}: split {split!r} is empty")
-    return [{k: (dataset_dir / v).resolve() if v else None for k, v in it.items()} for it in items[:n_cases]]
+def _bundle_datalist() -> Any:
+    """The bundle's own ``scripts/datalist.py`` (loaded by path: the repository has another ``scripts``)."""
+    spec = importlib.util.spec_from_file_location("spleen_bundle_datalist", BUNDLE_DIR / "scripts" / "datalist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cases(dataset_dir: Path, split: str, n_cases: int, val_fraction: float | None = None,
+           seed: int | None = None) -> list[dict[str, Path | None]]:
+    """Image/label pairs of a split, chosen as training and evaluation choose them (the bundle's
+    ``load_datalist``: a dataset without a ``validation`` list, like MSD Task09, gets train.json's
+    ``val_fraction``/``seed`` split; ``test`` labels from ``test_labels``)."""
+    defaults = json.loads((BUNDLE_DIR / "configs" / "train.json").read_text())
+    datalist = _bundle_datalist().load_datalist(
+        dataset_dir, split, defaults["val_fraction"] if val_fraction is None else val_fraction,
+        defaults["seed"] if seed is None else seed)
+    return [{"image": Path(d["image"]), "label": Path(d["label"]) if d.get("label") else None}
+            for d in datalist[:n_cases]]
 
 
 def run_bundle_inference(images: list[Path], out_dir: Path, ckpt: Path, **overrides: Any) -> dict[Path, Path]:
@@ -61,9 +67,12 @@ def run_bundle_inference(images: list[Path], out_dir: Path, ckpt: Path, **overri
 def visualize(
     dataset_dir: str | Path, out_dir: str | Path, ckpt: str | Path = BUNDLE_DIR / "models" / "model.pt",
     split: str = "validation", n_cases: int = 2, n_slices: int = 3, metrics: str | Path | None = None,
-    gif: bool = True, **overrides: Any,
+    gif: bool = True, val_fraction: float | None = None, seed: int | None = None, **overrides: Any,
 ) -> list[Path]:
     """Panels (PNG) for ``n_slices`` slices of ``n_cases`` cases, one GIF per case, and the learning curves.
+
+    ``val_fraction``/``seed`` (default: train.json's) pick the validation cases of a dataset without a
+    ``validation`` list, as training did.
 
     ``overrides`` go to ``inference.json`` (e.g. ``pixdim``, ``roi_size``) and must match how the model was
     trained.
@@ -71,7 +80,7 @@ def visualize(
     dataset_dir, out_dir, ckpt = Path(dataset_dir), Path(out_dir), Path(ckpt)
     if not ckpt.is_file():
         raise InputError(f"{ckpt}: checkpoint does not exist")
-    cases = _cases(dataset_dir, split, n_cases)
+    cases = _cases(dataset_dir, split, n_cases, val_fraction, seed)
     preds = run_bundle_inference([c["image"] for c in cases], out_dir / "predictions", ckpt, **overrides)
     written: list[Path] = []
     for case in cases:

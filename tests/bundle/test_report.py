@@ -57,3 +57,21 @@ def test_visualize_cli_writes_panels_gif_and_curves(trained_run: TrainRun, tmp_p
     with Image.open(next(out.glob("*.gif"))) as gif:
         assert n_slices / 2 < gif.n_frames <= n_slices  # one frame per slice (PIL may merge identical ones)
     assert (out / "learning_curves.png").is_file()
+
+
+def test_visualize_picks_the_validation_cases_training_used(tiny_cohort: Path, tmp_path: Path) -> None:
+    """A dataset without a ``validation`` list (as MSD Task09) gets the same split training derives."""
+    import json
+    import shutil
+
+    from spleenseg.report.visualize import _bundle_datalist, _cases
+
+    msd_like = tmp_path / "Task09"
+    shutil.copytree(tiny_cohort, msd_like)
+    meta = json.loads((msd_like / "dataset.json").read_text())
+    meta["training"] += meta.pop("validation")
+    (msd_like / "dataset.json").write_text(json.dumps(meta))
+    training_split = _bundle_datalist().load_datalist(msd_like, "validation", 0.2, 0)  # train.json's defaults
+    cases = _cases(msd_like, "validation", n_cases=10)
+    assert [c["image"] for c in cases] == [Path(d["image"]) for d in training_split] and cases
+    assert all(c["label"] is not None and c["label"].is_file() for c in cases)
