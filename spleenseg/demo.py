@@ -81,7 +81,7 @@ def segment_dicom(dicom_dir: Path, out_dir: Path, model: Path, *extra: str) -> N
 
 def phantom_study(out: Path, seed: int) -> tuple[Path, float]:
     """A small DICOM study (the CT, a scout and a secondary capture); returns it and the true spleen volume (mL)."""
-    target = out / "phantom_dicom"
+    target = out / f"phantom_dicom_seed{seed}"  # reused by a later run only when it is the same phantom
     ph = make_phantom(random_spec(seed, shape=(160, 160, 80)))
     true_ml = float(ph.label.sum() * abs(np.linalg.det(ph.affine[:3, :3])) / 1000.0)
     if not target.is_dir():
@@ -92,7 +92,7 @@ def phantom_study(out: Path, seed: int) -> tuple[Path, float]:
 
 def phantom_cohort(out: Path, n_cases: int, seed: int) -> Path:
     """An MSD-style phantom cohort (imagesTr/labelsTr/imagesTs/dataset.json)."""
-    target = out / "phantoms"
+    target = out / f"phantoms_seed{seed}_n{n_cases}"  # reused by a later run only when it is the same cohort
     if not (target / "dataset.json").is_file():
         make_cohort(target, n_cases=n_cases, seed=seed, fmt="nifti", size=(64, 96), n_test=4)
     return target
