@@ -9,7 +9,7 @@ Commands (``python scripts/prepare_data.py <command> --help`` for details)::
     dataset IMAGES LABELS OUT [--val-fraction 0.2] [--seed 0] [--flip-lr] [--spleen-label 1]
     download_msd OUT [--url URL] [--md5 MD5]                     Task09_Spleen via MONAI, MD5-checked
     check_orientation LABEL [IMAGE]                              is the spleen on the patient's left?
-    real_cases OUT [--phantoms 32] [--seed 0]                    real labelled CT (fixed split) + realistic phantoms
+    real_cases OUT [--phantoms 32] [--seed 0] [--held-out CASE]  real labelled CT (fixed split) + realistic phantoms
 
 Errors print one line naming the file and the problem and exit with status 2. Inputs are never changed.
 """
@@ -85,15 +85,25 @@ def check_orientation(label: str, image: str | None = None, spleen_label: int = 
 
 
 def real_cases(out: str, phantoms: int = 32, seed: int = 0, real_ct: str | None = None,
-               workers: int | None = None) -> str:
+               workers: int | None = None, held_out: str | list[str] | None = None,
+               validation: str | list[str] | None = None) -> str:
     """Build OUT/real (the real labelled CT of ../shared/data/real_ct: spleen_8 header mirrored back with
-    --flip-lr, TotalSegmentator crop reduced to label 1, DTU DICOM slices + PNG masks; fixed split, the
-    TotalSegmentator crop held out) and OUT/phantoms (domain-randomised phantoms; --phantoms 0 skips them)."""
+    --flip-lr, TotalSegmentator crop with spleen, liver, kidney and stomach labels, DTU DICOM slices + PNG
+    masks; fixed split, by default the TotalSegmentator crop held out and DTU slab B validating) and
+    OUT/phantoms (domain-randomised multi-organ phantoms; --phantoms 0 skips them). --held-out and
+    --validation take case names (comma-separated) for leave-one-case-out folds; "none" for no case."""
     from pathlib import Path
 
-    from spleenseg.dataset.real import REAL_CT_DIR, build_phantom_dataset, build_real_dataset
+    from spleenseg.dataset.real import HELD_OUT, REAL_CT_DIR, VALIDATION, build_phantom_dataset, build_real_dataset
 
-    meta = build_real_dataset(Path(out) / "real", real_ct or REAL_CT_DIR)
+    def names(value: str | list[str] | None, default: tuple[str, ...]) -> tuple[str, ...]:
+        if value is None:
+            return default
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        return tuple(n.strip() for n in items if n.strip() and n.strip() != "none")
+
+    meta = build_real_dataset(Path(out) / "real", real_ct or REAL_CT_DIR, held_out=names(held_out, HELD_OUT),
+                              validation=names(validation, VALIDATION))
     msg = f"{out}/real/dataset.json: split {meta['split']}"
     if phantoms:
         pm = build_phantom_dataset(Path(out) / "phantoms", n=phantoms, seed=seed, workers=_workers(workers))

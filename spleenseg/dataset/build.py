@@ -24,6 +24,7 @@ from spleenseg.atomic import atomic_dir
 from spleenseg.dicom.nifti import save_nifti, write_json
 from spleenseg.errors import GeometryError, InputError
 from spleenseg.orientation import check_spleen_left, flip_lr_header
+from spleenseg.phantom.anatomy import ORGAN_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,9 @@ def pair_files(images: str | os.PathLike, labels: str | os.PathLike) -> tuple[li
     return pairs, tests
 
 
-def validate_pair(image: nib.Nifti1Image, label: nib.Nifti1Image, case: str) -> None:
-    """Same grid (shape, affine within 1e-3 mm) and label values in {0, 1}; :class:`GeometryError` otherwise."""
+def validate_pair(image: nib.Nifti1Image, label: nib.Nifti1Image, case: str, organs: bool = False) -> None:
+    """Same grid (shape, affine within 1e-3 mm) and label values in {0, 1} (``organs``: in the organ scheme
+    :data:`spleenseg.phantom.ORGAN_LABELS`); :class:`GeometryError` / :class:`InputError` otherwise."""
     if image.shape[:3] != label.shape[:3] or len(label.shape) != 3:
         raise GeometryError(f"case {case}: image shape {image.shape} and label shape {label.shape} differ "
                             "(use `prepare_data.py labels` to resample the label into the image grid)")
@@ -100,6 +102,11 @@ def validate_pair(image: nib.Nifti1Image, label: nib.Nifti1Image, case: str) -> 
         raise GeometryError(f"case {case}: image and label affines differ by up to {diff:.4f} mm; they are "
                             "not aligned voxel for voxel")
     values = np.unique(np.asarray(label.dataobj))
+    if organs:
+        if not set(values.tolist()) <= set(ORGAN_LABELS.values()):
+            raise InputError(f"case {case}: label values {values.tolist()[:10]} are not in the organ scheme "
+                             f"{ORGAN_LABELS}")
+        return
     if not set(values.tolist()) <= {0, 1}:
         raise InputError(f"case {case}: label values {values.tolist()[:10]} are not a subset of {{0, 1}} "
                          "(spleen = 1); select the spleen label first")
@@ -123,13 +130,15 @@ def _entry(case: str) -> dict[str, str]:
 
 def build_dataset(images: str | os.PathLike, labels: str | os.PathLike, out: str | os.PathLike, *,
                   val_fraction: float = 0.2, seed: int = 0, flip_lr: bool = False, spleen_label: int | None = None,
-                  name: str = "Task09_Spleen",
+                  organs: bool = False, name: str = "Task09_Spleen",
                   description: str = "Spleen segmentation (CT)", progress: bool = True) -> dict[str, Any]:
     """Validate every pair, then write the dataset to ``out`` (must not exist or be empty). Returns dataset.json.
 
     ``flip_lr``: mirror the header (image and label together) of cases whose spleen lies on the patient's
     right, the MSD spleen_8 problem; without it such cases are written as they are, with a warning.
     ``spleen_label``: for multi-organ label maps (e.g. TotalSegmentator, spleen = 1), keep only that value as 1.
+    ``organs``: labels may hold every organ of :data:`spleenseg.phantom.ORGAN_LABELS` (multi-organ training);
+    a case labelled 0/1 only is then a spleen-only case, which the training loss treats as such.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -141,7 +150,7 @@ def build_dataset(images: str | os.PathLike, labels: str | os.PathLike, out: str
         img, lab = nib.load(pair.image), nib.load(pair.label)
         if spleen_label is not None:
             lab = nib.Nifti1Image((np.asarray(lab.dataobj) == spleen_label).astype(np.uint8), lab.affine, lab.header)
-        validate_pair(img, lab, pair.case)
+        validate_pair(img, lab, pair.case, organs)
         side = check_spleen_left(lab, img, name=str(pair.label))
         if side.side == "right" and flip_lr:
             img, lab = flip_lr_header(img), flip_lr_header(lab, img.shape, img.affine)
@@ -158,7 +167,8 @@ def build_dataset(images: str | os.PathLike, labels: str | os.PathLike, out: str
             _write_case(nib.load(img_path), tmp / "imagesTs" / f"{_stem(img_path)}.nii.gz", img_path, False)
         meta = {
             "name": name, "description": description, "tensorImageSize": "3D", "modality": {"0": "CT"},
-            "labels": {"0": "background", "1": "spleen"}, "numTraining": len(pairs), "numTest": len(tests),
+            "labels": ({str(v): k for k, v in ORGAN_LABELS.items()} if organs else {"0": "background", "1": "spleen"}),
+            "numTraining": len(pairs), "numTest": len(tests),
             "training": [_entry(c) for c in train], "validation": [_entry(c) for c in val],
             "test": [f"./imagesTs/{_stem(p)}.nii.gz" for p in tests],
             "split": {"seed": seed, "val_fraction": val_fraction, "n_train": len(train), "n_val": len(val)},

@@ -50,6 +50,7 @@ from spleenseg.dicom.nifti import save_nifti, write_json
 from spleenseg.errors import GeometryError, InputError
 from spleenseg.orientation import spleen_side
 from spleenseg.paths import SHARED_DATA
+from spleenseg.phantom.anatomy import ORGAN_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,10 @@ DTU_SLABS: dict[str, tuple[str, ...]] = {
     "dtu_slab_b": ("Validation2", "Validation3", "Test3"),  # z = 1608, 1611, 1614 mm
 }
 DTU_EXCLUDED = {"Training": "no spleen mask is provided for this slice"}
+#: TotalSegmentator class -> project organ label (its class map: 1 spleen, 2/3 right/left kidney, 5 liver,
+#: 6 stomach; the kidneys are one class here, so the network learns no left/right cue from them).
+TS_TO_ORGAN: dict[int, int] = {1: ORGAN_LABELS["spleen"], 2: ORGAN_LABELS["kidney"], 3: ORGAN_LABELS["kidney"],
+                               5: ORGAN_LABELS["liver"], 6: ORGAN_LABELS["stomach"]}
 HELD_OUT: tuple[str, ...] = ("ts_abdomen_crop",)
 VALIDATION: tuple[str, ...] = ("dtu_slab_b",)
 #: Sub-pixel tolerance when PNG pixels are mapped onto the NIfTI grid through patient coordinates.
@@ -100,13 +105,24 @@ def msd_spleen_8(root: Path = REAL_CT_DIR) -> RealCase:
                     "portal", ["header mirrors left/right in the source; fixed with --flip-lr"])
 
 
+def _organ_label(label: nib.Nifti1Image, mapping: dict[int, int]) -> nib.Nifti1Image:
+    """A label map recoded into :data:`ORGAN_LABELS` (values not in ``mapping`` become background)."""
+    src = np.asarray(label.dataobj)
+    data = np.zeros(src.shape, np.uint8)
+    for value, organ in mapping.items():
+        data[src == value] = organ
+    out = nib.Nifti1Image(data, label.affine, label.header.copy())
+    out.set_data_dtype(np.uint8)
+    return out
+
+
 def ts_abdomen_crop(root: Path = REAL_CT_DIR) -> RealCase:
-    """TotalSegmentator example crop (native, 3 mm) with label 1 = spleen kept, all other organs dropped."""
+    """TotalSegmentator example crop (native, 3 mm) with its spleen, liver, kidneys and stomach labels."""
     img = nib.load(_need(root / "ts_abdomen_ct_3mm_crop.nii.gz"))
     lab = nib.load(_need(root / "ts_abdomen_ct_3mm_crop_labels.nii.gz"))
-    return RealCase("ts_abdomen_crop", img, _binary_label(lab, 1),
+    return RealCase("ts_abdomen_crop", img, _organ_label(lab, TS_TO_ORGAN),
                     "TotalSegmentator example_ct_sm (Apache-2.0), TotalSegmentator v2 label", "native",
-                    ["multi-organ label map reduced to label 1 = spleen"])
+                    ["multi-organ label map recoded to 1 spleen, 2 liver, 3 kidneys, 4 stomach"])
 
 
 def _read_png_mask(path: Path, rows: int, cols: int) -> np.ndarray:
@@ -232,7 +248,7 @@ def build_real_dataset(out: str | os.PathLike, root: str | os.PathLike = REAL_CT
         for c in tqdm(cases, desc="real cases", unit="case", disable=not progress):
             save_nifti(c.image, pairs / "images" / f"{c.case}.nii.gz")
             save_nifti(c.label, pairs / "labels" / f"{c.case}.nii.gz")
-        build_dataset(pairs / "images", pairs / "labels", built, val_fraction=0.0, flip_lr=True,
+        build_dataset(pairs / "images", pairs / "labels", built, val_fraction=0.0, flip_lr=True, organs=True,
                       name="SpleenRealCT", description="Real labelled abdominal CT (shared/data/real_ct)",
                       progress=progress)
         meta = _resplit(built, cases, held_out, validation)
@@ -246,10 +262,11 @@ def realistic_phantom_specs(n: int, seed: int = 0, size: tuple[int, int] = (128,
     """``n`` domain-randomised :class:`PhantomSpec` that span the real cases' acquisitions.
 
     Varied through spec fields only: phase (half native like the TotalSegmentator/DTU CT, half portal like
-    MSD), enhancement strength 0.6-1.6, spleen/liver HU shifts +/-15, noise 5-30 HU, blur 0.5-1.6 mm, slice
-    spacing 1.5-7.5 mm (spleen_8 has 7.5) with thickness up to 2x, a cropped in-plane field of view in a
-    quarter of the cases and a partial z coverage (the spleen cut by the scan range, as in the crops) in
-    another quarter.
+    MSD), enhancement strength 0.6-1.8 (portal spleens of about 90-180 HU, as real scans reach), spleen HU
+    shift +/-15, liver HU shift -45..+20 (fatty to dense livers), splenomegaly up to about 1,500 mL in a fifth
+    of the cases, noise 5-30 HU, blur 0.5-1.6 mm (soft to sharp kernels), slice spacing 1.5-7.5 mm (spleen_8 has
+    7.5) with thickness up to 2x, a cropped in-plane field of view in a quarter of the cases and a partial z
+    coverage (the spleen cut by the scan range, as in the crops) in another quarter.
     """
     from spleenseg.phantom import random_spec
 
@@ -271,11 +288,30 @@ def realistic_phantom_specs(n: int, seed: int = 0, size: tuple[int, int] = (128,
             centre[0] += u(10.0, 40.0)  # keep the left side (spleen) in view
         elif r < 0.5:  # partial z coverage: the scan range cuts the spleen
             centre[2] += float(rng.choice([-1.0, 1.0])) * u(0.25, 0.45) * nz * sz
+        spleen = _enlarged_spleen(base, rng) if rng.uniform() < SPLENOMEGALY_SHARE else {}
         specs.append(base.replace(
             shape=shape, spacing=(sx, sx, sz), slice_thickness=sz * float(rng.choice([1.0, 1.0, 1.5, 2.0])),
             fov_centre_mm=tuple(centre), noise_sd=u(5.0, 30.0), blur_mm=u(0.5, 1.6),
-            contrast_scale=u(0.6, 1.6), spleen_hu_shift=u(-15.0, 15.0), liver_hu_shift=u(-15.0, 15.0)))
+            contrast_scale=u(0.6, 1.8), spleen_hu_shift=u(-15.0, 15.0), liver_hu_shift=u(-45.0, 20.0), **spleen))
     return specs
+
+
+#: Share of training phantoms with an enlarged spleen, and the volume range they are drawn from (mL).
+SPLENOMEGALY_SHARE = 0.2
+SPLENOMEGALY_ML = (450.0, 1500.0)
+
+
+def _enlarged_spleen(spec: Any, rng: np.random.Generator) -> dict[str, Any]:
+    """Spec fields of a spleen scaled up to 450-1,500 mL, grown downwards and forwards as splenomegaly does."""
+    from spleenseg.phantom.anatomy import spleen_volume_ml
+
+    base_ml = spleen_volume_ml(spec.spleen_radii, spec.spleen_lobes, spec.spleen_notch, spec.spleen_bend)
+    target = float(np.exp(rng.uniform(*np.log(SPLENOMEGALY_ML))))
+    f = max(1.0, (target / base_ml) ** (1.0 / 3.0))
+    x, y, z = spec.spleen_centre
+    grow = (f - 1.0) * spec.spleen_radii[0]
+    return {"spleen_radii": tuple(r * f for r in spec.spleen_radii),
+            "spleen_centre": (x * 0.95, y * 0.9, z - 0.5 * grow)}
 
 
 def _write_phantom(args: tuple[Any, str, str]) -> dict[str, Any] | None:
@@ -285,7 +321,8 @@ def _write_phantom(args: tuple[Any, str, str]) -> dict[str, Any] | None:
     ph = make_phantom(spec)
     if int(ph.label.sum()) < 50:  # the random scan range missed the spleen: not a useful labelled case
         return None
-    write_nifti(ph, Path(root) / "imagesTr" / f"{case}.nii.gz", Path(root) / "labelsTr" / f"{case}.nii.gz")
+    write_nifti(ph, Path(root) / "imagesTr" / f"{case}.nii.gz", Path(root) / "labelsTr" / f"{case}.nii.gz",
+                organs=True)
     return {"case": case, "phase": spec.phase, "spacing": [round(s, 3) for s in spec.spacing],
             "shape": list(spec.shape), "spleen_ml": round(ph.spleen_ml, 1), "spec": spec.to_dict()}
 
@@ -317,7 +354,7 @@ def build_phantom_dataset(out: str | os.PathLike, n: int = 32, seed: int = 0, n_
                 os.replace(tmp / f"{kind}Tr" / f"{e['case']}.nii.gz", tmp / f"{kind}Ts" / f"{e['case']}.nii.gz")
         meta = {
             "name": "SpleenRealisticPhantoms", "description": "domain-randomised phantoms (spleenseg.dataset.real)",
-            "tensorImageSize": "3D", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "spleen"},
+            "tensorImageSize": "3D", "modality": {"0": "CT"}, "labels": {str(v): k for k, v in ORGAN_LABELS.items()},
             "numTraining": len(train) + len(val), "numTest": len(test), "seed": int(seed),
             "training": [_entry(e["case"], "Tr") for e in train],
             "validation": [_entry(e["case"], "Tr") for e in val],

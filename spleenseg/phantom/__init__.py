@@ -12,7 +12,7 @@ Geometry: anatomy lives in patient coordinates; ``Phantom.affine`` is RAS+ (niba
 The spleen is on the patient's left: RAS x < 0, LPS x > 0 (see :mod:`spleenseg.phantom.spec`).
 """
 
-from spleenseg.phantom.anatomy import TISSUES, Phantom, grid_affine_lps, grid_affine_ras, make_phantom
+from spleenseg.phantom.anatomy import ORGAN_LABELS, TISSUES, Phantom, grid_affine_lps, grid_affine_ras, make_phantom
 from spleenseg.phantom.cohort import FORMATS, cohort_specs, make_cohort
 from spleenseg.phantom.dicom import (
     ORIENTATIONS,
@@ -30,7 +30,7 @@ from spleenseg.phantom.nifti import write_nifti
 from spleenseg.phantom.spec import PHASES, PhantomSpec, random_spec
 
 __all__ = [
-    "FORMATS", "ORIENTATIONS", "PHASES", "TISSUES", "Phantom", "PhantomSpec", "StudyIds", "cohort_specs",
+    "FORMATS", "ORGAN_LABELS", "ORIENTATIONS", "PHASES", "TISSUES", "Phantom", "PhantomSpec", "StudyIds", "cohort_specs",
     "grid_affine_lps", "grid_affine_ras", "label_on_frame", "make_cohort", "make_phantom", "phantom_uid",
     "random_spec", "stack_geometry", "write_dicom_series", "write_dicom_study", "write_nifti",
     "write_non_ct_series", "write_scout", "write_seg",

@@ -60,6 +60,14 @@ TISSUES: dict[str, tuple[float, float, float]] = {
     "table": (120.0, 120.0, 10.0),
     "table_foam": (-420.0, -420.0, 20.0),
 }
+#: The organ label scheme of multi-organ training labels (the bundle's output channels, in this order).
+ORGAN_LABELS: dict[str, int] = {"background": 0, "spleen": 1, "liver": 2, "kidney": 3, "stomach": 4}
+#: Which painted tissues make up each non-spleen organ label (the spleen comes from ``Phantom.label``).
+ORGAN_TISSUES: dict[int, tuple[str, ...]] = {
+    ORGAN_LABELS["liver"]: ("liver",),
+    ORGAN_LABELS["kidney"]: ("kidney_cortex", "kidney_medulla", "renal_sinus"),
+    ORGAN_LABELS["stomach"]: ("stomach_wall", "gastric_fluid", "gastric_gas"),
+}
 #: Index of each tissue in :attr:`Phantom.tissue` (0 = air).
 TISSUE_INDEX: dict[str, int] = {name: i for i, name in enumerate(TISSUES)}
 
@@ -104,6 +112,18 @@ class Phantom:
     def spleen_ml(self) -> float:
         """Spleen volume in millilitres, from the label."""
         return float(self.label.astype(bool).sum() * abs(np.linalg.det(self.affine[:3, :3])) / 1000.0)
+
+    def organ_labels(self) -> np.ndarray:
+        """uint8 map in the project's organ scheme (:data:`ORGAN_LABELS`: 1 spleen, 2 liver, 3 kidney, 4 stomach).
+
+        Why: a network that only ever sees "spleen or not" has no reason to tell the spleen from the liver,
+        which look alike in HU; the phantom knows every organ by construction, so it can teach both.
+        """
+        organs = np.zeros(self.label.shape, np.uint8)
+        for value, tissues in ORGAN_TISSUES.items():
+            organs[self.tissue_mask(*tissues)] = value
+        organs[self.label > 0] = ORGAN_LABELS["spleen"]
+        return organs
 
     def spleen_centroid_ras(self) -> np.ndarray:
         """Spleen centre of mass in world RAS mm (x < 0 means the patient's left)."""

@@ -22,8 +22,12 @@ def _nifti(data: np.ndarray, affine: np.ndarray, dtype: type) -> nib.Nifti1Image
     return img
 
 
-def write_nifti(ph: Phantom, image_path: str | Path, label_path: str | Path | None = None) -> list[Path]:
+def write_nifti(ph: Phantom, image_path: str | Path, label_path: str | Path | None = None, *,
+                organs: bool = False) -> list[Path]:
     """Write the image (int16 HU) and optionally the label (uint8, 1 = spleen); returns the written paths.
+
+    ``organs``: the label holds every organ of :data:`spleenseg.phantom.anatomy.ORGAN_LABELS` instead of the
+    spleen alone (multi-organ training).
 
     Files appear atomically (written under a temporary name, then renamed). Output is byte-for-byte
     deterministic (nibabel's gzip writer stores no time stamp or file name).
@@ -34,6 +38,6 @@ def write_nifti(ph: Phantom, image_path: str | Path, label_path: str | Path | No
     written.append(Path(image_path))
     if label_path is not None:
         with atomic_file(Path(label_path)) as tmp:
-            nib.save(_nifti(ph.label, ph.affine, np.uint8), tmp)
+            nib.save(_nifti(ph.organ_labels() if organs else ph.label, ph.affine, np.uint8), tmp)
         written.append(Path(label_path))
     return written

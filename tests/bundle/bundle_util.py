@@ -67,3 +67,14 @@ def train(dataset_dir: Path, out: Path, epochs: int, *extra: str) -> TrainRun:
     return run
 
 
+
+
+def load_bundle_module(name: str):
+    """Import ``bundle/scripts/<name>.py`` by file path, without putting ``bundle/`` on ``sys.path`` (the
+    repository's own ``scripts/`` folder would clash with the bundle's ``scripts`` package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bundle_scripts_{name}", BUNDLE_DIR / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

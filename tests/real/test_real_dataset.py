@@ -50,7 +50,8 @@ def test_every_case_on_one_grid_with_spleen_on_the_left(real_ds: Path) -> None:
         img, lab = nib.load(img_p), nib.load(lab_p)
         assert img.shape == lab.shape, case
         np.testing.assert_allclose(img.affine, lab.affine, atol=1e-4, err_msg=case)
-        assert set(np.unique(np.asarray(lab.dataobj)).tolist()) == {0, 1}, case
+        values = set(np.unique(np.asarray(lab.dataobj)).tolist())
+        assert values == ({0, 1, 2, 3, 4} if case == "ts_abdomen_crop" else {0, 1}), (case, values)
         side = spleen_side(lab, img)
         assert side.side == "left" and side.offset_mm > 50, (case, side)  # RAS x of spleen < body midline
 
@@ -71,8 +72,9 @@ def test_fixed_split_holds_out_totalsegmentator_crop(real_ds: Path) -> None:
     assert "ts_abdomen_crop" not in listed
     assert meta["test"] == ["./imagesTs/ts_abdomen_crop.nii.gz"]
     assert [e["label"] for e in meta["validation"]] == ["./labelsTr/dtu_slab_b.nii.gz"]
-    lab = nib.load(real_ds / meta["test_labels"][0])
-    assert int(np.asarray(lab.dataobj).sum()) == 9452  # TotalSegmentator label 1 only (README: 9,452 voxels)
+    lab = np.asarray(nib.load(real_ds / meta["test_labels"][0]).dataobj)
+    assert int((lab == 1).sum()) == 9452  # TotalSegmentator spleen (README: 9,452 voxels)
+    assert int((lab == 2).sum()) == 38634  # TotalSegmentator liver (README: 38,634 voxels), recoded to 2
     assert "dtu_spleen_slab/Training.dcm" in meta["excluded"]
 
 
@@ -136,3 +138,41 @@ def test_realistic_phantoms_span_the_real_acquisitions() -> None:
     small = specs[0].replace(shape=(64, 64, 24), spacing=(5.0, 5.0, 8.0))
     ph = make_phantom(small)
     assert ph.label.any() and ph.spleen_centroid_ras()[0] < 0  # RAS x < 0: the patient's left
+
+
+def test_totalsegmentator_organs_keep_their_anatomy(real_ds: Path) -> None:
+    """The recoded organs sit where anatomy puts them, in RAS mm: liver right of the spleen, kidneys on both
+    sides (one class), stomach left of the liver; a swapped recoding table moves these centroids."""
+    img = nib.load(real_ds / "imagesTs" / "ts_abdomen_crop.nii.gz")
+    lab = np.asarray(nib.load(real_ds / "labelsTs" / "ts_abdomen_crop.nii.gz").dataobj)
+    x = {v: float((img.affine[:3, :3] @ np.argwhere(lab == v).mean(axis=0) + img.affine[:3, 3])[0]) for v in (1, 2, 3, 4)}
+    assert x[2] - x[1] > 80.0  # RAS +x is the patient's right: liver right, spleen left
+    kidney_x = img.affine[0, 0] * np.argwhere(lab == 3)[:, 0] + img.affine[0, 3]
+    assert kidney_x.min() < x[1] + 60.0 and kidney_x.max() > x[2] - 60.0  # both kidneys, one label
+    assert x[4] < x[2]  # stomach left of the liver
+
+
+def test_phantom_organ_labels_match_their_tissues() -> None:
+    from spleenseg.phantom import ORGAN_LABELS, make_phantom
+
+    spec = realistic_phantom_specs(4, seed=0)[1].replace(shape=(80, 80, 40), spacing=(4.5, 4.5, 6.0))
+    ph = make_phantom(spec)
+    organs = ph.organ_labels()
+    assert np.array_equal(organs == ORGAN_LABELS["spleen"], ph.label > 0)
+    assert np.array_equal(organs == ORGAN_LABELS["liver"], ph.tissue_mask("liver") & (ph.label == 0))
+    centroid_x = {name: (ph.affine[:3, :3] @ np.argwhere(organs == v).mean(axis=0) + ph.affine[:3, 3])[0]
+                  for name, v in ORGAN_LABELS.items() if v}
+    assert centroid_x["spleen"] < 0 < centroid_x["liver"]  # RAS: spleen on the patient's left, liver right
+
+
+def test_realistic_phantoms_include_enhanced_spleens_fatty_livers_and_splenomegaly() -> None:
+    from spleenseg.phantom.anatomy import TISSUES, spleen_volume_ml
+
+    specs = realistic_phantom_specs(40, seed=0)
+    native, portal_hu, _ = TISSUES["spleen"]
+    spleen_hu = [native + (portal_hu - native) * s.contrast_scale + s.spleen_hu_shift
+                 for s in specs if s.phase == "portal"]
+    assert min(spleen_hu) < 100.0 and max(spleen_hu) > 165.0  # past the old window's 164 HU
+    assert min(s.liver_hu_shift for s in specs) < -30.0  # fatty livers
+    largest = max(spleen_volume_ml(s.spleen_radii, s.spleen_lobes, s.spleen_notch, s.spleen_bend) for s in specs)
+    assert largest > 900.0
