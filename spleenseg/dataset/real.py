@@ -296,6 +296,26 @@ def realistic_phantom_specs(n: int, seed: int = 0, size: tuple[int, int] = (128,
     return specs
 
 
+def cross_generator_specs(n: int, seed: int = 0) -> list[Any]:
+    """``n`` test phantoms whose parameters lie OUTSIDE the ranges :func:`realistic_phantom_specs` trains on.
+
+    Each case extrapolates several acquisition and patient parameters at once: very strong enhancement
+    (contrast 1.9-2.3, portal spleens of about 190-220 HU) or very dense / very fatty livers, noise 32-45 HU,
+    blur 1.7-2.2 mm, a wider body (half-width 190-205 mm) and an oblique slice plane (10-15 degrees; training
+    is axial). They measure how the model degrades beyond what it has seen, not how well it fits.
+    """
+    rng = np.random.default_rng([int(seed), 9091])
+    out = []
+    for spec in realistic_phantom_specs(n, seed + 7919):
+        u = rng.uniform
+        sign = float(rng.choice([-1.0, 1.0]))
+        out.append(spec.replace(
+            contrast_scale=u(1.9, 2.3), liver_hu_shift=u(-70.0, -50.0) if sign < 0 else u(25.0, 40.0),
+            noise_sd=u(32.0, 45.0), blur_mm=u(1.7, 2.2), body_half_width=u(190.0, 205.0),
+            tilt_deg=sign * u(10.0, 15.0), spleen_hu_shift=sign * u(16.0, 22.0)))
+    return out
+
+
 #: Share of training phantoms with an enlarged spleen, and the volume range they are drawn from (mL).
 SPLENOMEGALY_SHARE = 0.2
 SPLENOMEGALY_ML = (450.0, 1500.0)
@@ -328,12 +348,15 @@ def _write_phantom(args: tuple[Any, str, str]) -> dict[str, Any] | None:
 
 
 def build_phantom_dataset(out: str | os.PathLike, n: int = 32, seed: int = 0, n_val: int = 2, n_test: int = 4,
-                          workers: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Realistic phantoms as an MSD-style dataset: training, ``n_val`` validation and ``n_test`` held-out test."""
+                          workers: int = 1, progress: bool = True, specs: list[Any] | None = None) -> dict[str, Any]:
+    """Realistic phantoms as an MSD-style dataset: training, ``n_val`` validation and ``n_test`` held-out test.
+
+    ``specs`` replaces the drawn specs (e.g. :func:`cross_generator_specs` with ``n=0, n_val=0``).
+    """
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out}: output folder exists and is not empty; choose a new one")
-    specs = realistic_phantom_specs(n + n_val + n_test, seed)
+    specs = specs if specs is not None else realistic_phantom_specs(n + n_val + n_test, seed)
     with atomic_dir(out) as tmp:
         jobs = [(s, str(tmp), f"phantom_{i:03d}") for i, s in enumerate(specs)]
         if workers > 1:

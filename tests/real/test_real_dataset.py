@@ -176,3 +176,15 @@ def test_realistic_phantoms_include_enhanced_spleens_fatty_livers_and_splenomega
     assert min(s.liver_hu_shift for s in specs) < -30.0  # fatty livers
     largest = max(spleen_volume_ml(s.spleen_radii, s.spleen_lobes, s.spleen_notch, s.spleen_bend) for s in specs)
     assert largest > 900.0
+
+
+def test_cross_generator_phantoms_lie_outside_the_training_ranges() -> None:
+    from spleenseg.dataset.real import cross_generator_specs
+
+    train, cross = realistic_phantom_specs(40, seed=0), cross_generator_specs(6, seed=0)
+    assert cross == cross_generator_specs(6, seed=0)
+    for field in ("contrast_scale", "noise_sd", "blur_mm", "body_half_width"):
+        assert min(getattr(s, field) for s in cross) > max(getattr(s, field) for s in train), field
+    assert all(abs(s.tilt_deg) >= 10.0 for s in cross) and all(s.tilt_deg == 0.0 for s in train)
+    liver = [s.liver_hu_shift for s in cross]
+    assert all(v < min(t.liver_hu_shift for t in train) or v > max(t.liver_hu_shift for t in train) for v in liver)
