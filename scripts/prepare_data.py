@@ -86,13 +86,15 @@ def check_orientation(label: str, image: str | None = None, spleen_label: int = 
 
 def real_cases(out: str, phantoms: int = 32, seed: int = 0, real_ct: str | None = None,
                workers: int | None = None, held_out: str | list[str] | None = None,
-               validation: str | list[str] | None = None, cross_phantoms: int = 0) -> str:
+               validation: str | list[str] | None = None, cross_phantoms: int = 0, organs: bool = False) -> str:
     """Build OUT/real (the real labelled CT of ../shared/data/real_ct: spleen_8 header mirrored back with
     --flip-lr, TotalSegmentator crop with spleen, liver, kidney and stomach labels, DTU DICOM slices + PNG
     masks; fixed split, by default the TotalSegmentator crop held out and DTU slab B validating) and
     OUT/phantoms (domain-randomised multi-organ phantoms; --phantoms 0 skips them). --held-out and
     --validation take case names (comma-separated) for leave-one-case-out folds; "none" for no case.
-    --cross-phantoms N also writes OUT/phantoms_cross: N test phantoms outside the training ranges."""
+    --cross-phantoms N also writes OUT/phantoms_cross: N test phantoms outside the training ranges.
+    --organs writes multi-organ labels (1 spleen, 2 liver, 3 kidney, 4 stomach) where the source has them, for
+    bundle/configs/train_organs.json; the default is spleen-only labels (the shipped recipe)."""
     from pathlib import Path
 
     from spleenseg.dataset.real import (HELD_OUT, REAL_CT_DIR, VALIDATION, build_phantom_dataset, build_real_dataset,
@@ -105,15 +107,17 @@ def real_cases(out: str, phantoms: int = 32, seed: int = 0, real_ct: str | None 
         return tuple(n.strip() for n in items if n.strip() and n.strip() != "none")
 
     meta = build_real_dataset(Path(out) / "real", real_ct or REAL_CT_DIR, held_out=names(held_out, HELD_OUT),
-                              validation=names(validation, VALIDATION))
+                              validation=names(validation, VALIDATION), organs=bool(organs))
     msg = f"{out}/real/dataset.json: split {meta['split']}"
     if phantoms:
-        pm = build_phantom_dataset(Path(out) / "phantoms", n=phantoms, seed=seed, workers=_workers(workers))
+        pm = build_phantom_dataset(Path(out) / "phantoms", n=phantoms, seed=seed, workers=_workers(workers),
+                                   organs=bool(organs))
         msg += (f"\n{out}/phantoms/dataset.json: {len(pm['training'])} training, {len(pm['validation'])} "
                 f"validation, {len(pm['test'])} test")
     if cross_phantoms:
         cm = build_phantom_dataset(Path(out) / "phantoms_cross", n=0, n_val=0, n_test=cross_phantoms,
-                                   workers=_workers(workers), specs=cross_generator_specs(cross_phantoms, seed))
+                                   workers=_workers(workers), specs=cross_generator_specs(cross_phantoms, seed),
+                                   organs=bool(organs))
         msg += f"\n{out}/phantoms_cross/dataset.json: {len(cm['test'])} test phantoms outside the training ranges"
     return msg
 

@@ -5,4 +5,4 @@ therefore inserts ``@bundle_root`` into ``sys.path`` as its first ``initialize``
 package there. Keep the modules small and free of heavy imports: they are loaded for every bundle command.
 """
 
-from . import datalist, inference, metrics, orientation, partial_labels, training  # noqa: F401  (re-exported for `$scripts.x.y`)
+from . import datalist, inference, metrics, orientation, partial_labels, training, transforms  # noqa: F401  (re-exported for `$scripts.x.y`)

@@ -116,10 +116,15 @@ def _organ_label(label: nib.Nifti1Image, mapping: dict[int, int]) -> nib.Nifti1I
     return out
 
 
-def ts_abdomen_crop(root: Path = REAL_CT_DIR) -> RealCase:
-    """TotalSegmentator example crop (native, 3 mm) with its spleen, liver, kidneys and stomach labels."""
+def ts_abdomen_crop(root: Path = REAL_CT_DIR, organs: bool = False) -> RealCase:
+    """TotalSegmentator example crop (native, 3 mm): label 1 = spleen only, or (``organs``) its spleen, liver,
+    kidneys and stomach labels in the organ scheme."""
     img = nib.load(_need(root / "ts_abdomen_ct_3mm_crop.nii.gz"))
     lab = nib.load(_need(root / "ts_abdomen_ct_3mm_crop_labels.nii.gz"))
+    if not organs:
+        return RealCase("ts_abdomen_crop", img, _binary_label(lab, 1),
+                        "TotalSegmentator example_ct_sm (Apache-2.0), TotalSegmentator v2 label", "native",
+                        ["multi-organ label map reduced to label 1 = spleen"])
     return RealCase("ts_abdomen_crop", img, _organ_label(lab, TS_TO_ORGAN),
                     "TotalSegmentator example_ct_sm (Apache-2.0), TotalSegmentator v2 label", "native",
                     ["multi-organ label map recoded to 1 spleen, 2 liver, 3 kidneys, 4 stomach"])
@@ -180,10 +185,10 @@ def dtu_slab(case: str, root: Path = REAL_CT_DIR) -> RealCase:
                     [f"slices {', '.join(names)}", f"excluded: {excluded}"])
 
 
-def real_cases(root: Path = REAL_CT_DIR) -> list[RealCase]:
-    """Every real labelled case, as shipped (spleen_8 still mirrored)."""
+def real_cases(root: Path = REAL_CT_DIR, organs: bool = False) -> list[RealCase]:
+    """Every real labelled case, as shipped (spleen_8 still mirrored); ``organs``: multi-organ where labelled."""
     root = Path(root)
-    return [msd_spleen_8(root), ts_abdomen_crop(root)] + [dtu_slab(c, root) for c in DTU_SLABS]
+    return [msd_spleen_8(root), ts_abdomen_crop(root, organs)] + [dtu_slab(c, root) for c in DTU_SLABS]
 
 
 def _entry(case: str, folder: str) -> dict[str, str]:
@@ -233,7 +238,7 @@ def _check_all_left(root: Path, meta: dict[str, Any]) -> None:
 
 def build_real_dataset(out: str | os.PathLike, root: str | os.PathLike = REAL_CT_DIR, *,
                        held_out: Sequence[str] = HELD_OUT, validation: Sequence[str] = VALIDATION,
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True, organs: bool = False) -> dict[str, Any]:
     """Write the real labelled cases as one MSD-style dataset at ``out`` (must not exist or be empty).
 
     Reuses :func:`spleenseg.dataset.build_dataset` (pair validation, ``--flip-lr`` for spleen_8, atomic write),
@@ -242,13 +247,13 @@ def build_real_dataset(out: str | os.PathLike, root: str | os.PathLike = REAL_CT
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out}: output folder exists and is not empty; choose a new one")
-    cases = real_cases(Path(root))
+    cases = real_cases(Path(root), organs)
     with atomic_dir(out) as built, tempfile.TemporaryDirectory(prefix=f".{out.name}.pairs-", dir=out.parent) as tmp:
         pairs = Path(tmp)
         for c in tqdm(cases, desc="real cases", unit="case", disable=not progress):
             save_nifti(c.image, pairs / "images" / f"{c.case}.nii.gz")
             save_nifti(c.label, pairs / "labels" / f"{c.case}.nii.gz")
-        build_dataset(pairs / "images", pairs / "labels", built, val_fraction=0.0, flip_lr=True, organs=True,
+        build_dataset(pairs / "images", pairs / "labels", built, val_fraction=0.0, flip_lr=True, organs=organs,
                       name="SpleenRealCT", description="Real labelled abdominal CT (shared/data/real_ct)",
                       progress=progress)
         meta = _resplit(built, cases, held_out, validation)
@@ -334,31 +339,33 @@ def _enlarged_spleen(spec: Any, rng: np.random.Generator) -> dict[str, Any]:
             "spleen_centre": (x * 0.95, y * 0.9, z - 0.5 * grow)}
 
 
-def _write_phantom(args: tuple[Any, str, str]) -> dict[str, Any] | None:
+def _write_phantom(args: tuple[Any, str, str, bool]) -> dict[str, Any] | None:
     from spleenseg.phantom import make_phantom, write_nifti
 
-    spec, root, case = args
+    spec, root, case, organs = args
     ph = make_phantom(spec)
     if int(ph.label.sum()) < 50:  # the random scan range missed the spleen: not a useful labelled case
         return None
     write_nifti(ph, Path(root) / "imagesTr" / f"{case}.nii.gz", Path(root) / "labelsTr" / f"{case}.nii.gz",
-                organs=True)
+                organs=organs)
     return {"case": case, "phase": spec.phase, "spacing": [round(s, 3) for s in spec.spacing],
             "shape": list(spec.shape), "spleen_ml": round(ph.spleen_ml, 1), "spec": spec.to_dict()}
 
 
 def build_phantom_dataset(out: str | os.PathLike, n: int = 32, seed: int = 0, n_val: int = 2, n_test: int = 4,
-                          workers: int = 1, progress: bool = True, specs: list[Any] | None = None) -> dict[str, Any]:
+                          workers: int = 1, progress: bool = True, specs: list[Any] | None = None,
+                          organs: bool = False) -> dict[str, Any]:
     """Realistic phantoms as an MSD-style dataset: training, ``n_val`` validation and ``n_test`` held-out test.
 
-    ``specs`` replaces the drawn specs (e.g. :func:`cross_generator_specs` with ``n=0, n_val=0``).
+    ``specs`` replaces the drawn specs (e.g. :func:`cross_generator_specs` with ``n=0, n_val=0``); ``organs``
+    writes multi-organ labels (:data:`ORGAN_LABELS`) instead of the spleen alone.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out}: output folder exists and is not empty; choose a new one")
     specs = specs if specs is not None else realistic_phantom_specs(n + n_val + n_test, seed)
     with atomic_dir(out) as tmp:
-        jobs = [(s, str(tmp), f"phantom_{i:03d}") for i, s in enumerate(specs)]
+        jobs = [(s, str(tmp), f"phantom_{i:03d}", organs) for i, s in enumerate(specs)]
         if workers > 1:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
@@ -377,7 +384,8 @@ def build_phantom_dataset(out: str | os.PathLike, n: int = 32, seed: int = 0, n_
                 os.replace(tmp / f"{kind}Tr" / f"{e['case']}.nii.gz", tmp / f"{kind}Ts" / f"{e['case']}.nii.gz")
         meta = {
             "name": "SpleenRealisticPhantoms", "description": "domain-randomised phantoms (spleenseg.dataset.real)",
-            "tensorImageSize": "3D", "modality": {"0": "CT"}, "labels": {str(v): k for k, v in ORGAN_LABELS.items()},
+            "tensorImageSize": "3D", "modality": {"0": "CT"},
+            "labels": {str(v): k for k, v in ORGAN_LABELS.items()} if organs else {"0": "background", "1": "spleen"},
             "numTraining": len(train) + len(val), "numTest": len(test), "seed": int(seed),
             "training": [_entry(e["case"], "Tr") for e in train],
             "validation": [_entry(e["case"], "Tr") for e in val],

@@ -76,5 +76,6 @@ def load_bundle_module(name: str):
 
     spec = importlib.util.spec_from_file_location(f"bundle_scripts_{name}", BUNDLE_DIR / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module

@@ -31,7 +31,7 @@ CASES = ("msd_spleen_8", "ts_abdomen_crop", "dtu_slab_a", "dtu_slab_b")
 def real_ds(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("real") / "real"
     with pytest.warns(OrientationWarning, match=r"msd_spleen_8\.nii\.gz: .*RIGHT"):  # flagged, then fixed
-        build_real_dataset(out, shared_data / "real_ct", progress=False)
+        build_real_dataset(out, shared_data / "real_ct", progress=False, organs=True)
     return out
 
 
