@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Leave-one-real-case-out validation of the shipped recipe (``train.json`` + ``train_real.json``).
+
+Each labelled real patient is held out in turn; the other real cases plus the realistic phantoms train, and the
+checkpoint is chosen on the fold's validation set (never on the held-out case). The held-out case is then scored
+in its original label grid with ``evaluate.json`` (the bundle's own post-processing, spleen selection included).
+The two DTU slabs are one patient, so they are held out together. The TotalSegmentator crop and the J2K example
+series are one patient too: the J2K series is never trained on.
+
+Every step is the command a user would type (printed before it runs), so a fold can be rerun by hand::
+
+    python scripts/validate_model.py run --out runs/loo                 # all folds (about 1 h of CPU each)
+    python scripts/validate_model.py run --out runs/loo --folds msd_spleen_8
+    python scripts/validate_model.py summary --out runs/loo             # per-case table of finished folds
+"""
+
+from __future__ import annotations
+
+import csv
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from spleenseg.cli import run_fire
+from spleenseg.errors import InputError
+from spleenseg.paths import BUNDLE_DIR, REPO_ROOT
+
+#: fold name -> (held-out real cases, real validation cases; "none" = phantoms only)
+FOLDS: dict[str, tuple[str, str]] = {
+    "ts_abdomen_crop": ("ts_abdomen_crop", "dtu_slab_b"),
+    "msd_spleen_8": ("msd_spleen_8", "dtu_slab_b"),
+    "dtu_slab": ("dtu_slab_a,dtu_slab_b", "none"),
+}
+#: without a real validation case the checkpoint is chosen on the phantoms' validation list alone (an empty real
+#: list would otherwise be split off the real training cases)
+PHANTOM_VALIDATION = "$scripts.datalist.load_datalist(@phantom_dir, 'validation')"
+TRAIN = [str(BUNDLE_DIR / "configs" / f) for f in ("train.json", "train_real.json")]
+EVAL = TRAIN + [str(BUNDLE_DIR / "configs" / "evaluate.json")]
+ORGANS = str(BUNDLE_DIR / "configs" / "train_organs.json")
+COLUMNS = ("val_mean_dice", "val_hd95_mm", "val_pred_volume_ml", "val_ref_volume_ml")
+
+
+def _configs(files: list[str]) -> str:
+    return "[" + ",".join(f"'{f}'" for f in files) + "]"
+
+
+def _run(cmd: list[str]) -> None:
+    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    if subprocess.run(cmd, cwd=REPO_ROOT).returncode != 0:
+        raise InputError(f"command failed: {' '.join(cmd[:6])} ...")
+
+
+def run(out: str = "runs/loo", folds: str | list[str] | None = None, phantoms: int = 34, seed: int = 0,
+        epochs: int | None = None, organs: bool = False) -> str:
+    """Prepare, train and score each fold under OUT/<fold>/ (finished steps are skipped on a rerun).
+
+    ``organs``: the experimental multi-organ recipe (``train_organs.json`` layered last, multi-organ labels).
+    """
+    train_cfg = TRAIN + ([ORGANS] if organs else [])
+    eval_cfg = train_cfg + [EVAL[-1]]
+    label_args = ["--organs", "true"] if organs else []
+    root = Path(out)
+    names = list(FOLDS) if folds is None else ([folds] if isinstance(folds, str) else list(folds))
+    names = [n for item in names for n in str(item).split(",") if n]
+    unknown = [n for n in names if n not in FOLDS]
+    if unknown:
+        raise InputError(f"unknown fold(s) {unknown}; choose from {list(FOLDS)}")
+    py = sys.executable
+    if not (root / "phantoms" / "dataset.json").is_file():
+        _run([py, "scripts/prepare_data.py", "real_cases", str(root / "_phantoms"), "--phantoms", str(phantoms),
+              "--seed", str(seed), *label_args])
+        (root / "_phantoms" / "phantoms").rename(root / "phantoms")
+    for name in names:
+        held_out, validation = FOLDS[name]
+        fold = root / name
+        if not (fold / "real" / "dataset.json").is_file():
+            _run([py, "scripts/prepare_data.py", "real_cases", str(fold), "--phantoms", "0",
+                  "--held-out", held_out, "--validation", validation, *label_args])
+        model = fold / "train" / "models" / "model.pt"
+        if not model.is_file():
+            _run([py, "-m", "monai.bundle", "run", "--config_file", _configs(train_cfg), "--dataset_dir",
+                  str(fold / "real"), "--phantom_dir", str(root / "phantoms"), "--output_dir", str(fold / "train"),
+                  *(["--val_datalist", PHANTOM_VALIDATION] if validation == "none" else []),
+                  *(["--epochs", str(epochs)] if epochs else [])])
+        if not (fold / "eval" / "metrics_per_case.csv").is_file():
+            _run([py, "-m", "monai.bundle", "run", "--config_file", _configs(eval_cfg), "--eval_split", "test",
+                  "--dataset_dir", str(fold / "real"), "--phantom_dir", str(root / "phantoms"),
+                  "--ckpt_path", str(model), "--output_dir", str(fold / "eval"), "--largest_cc", "true"])
+    return summary(out)
+
+
+def summary(out: str = "runs/loo") -> str:
+    """Per-case held-out table (Dice, HD95 mm, volume error %) of every finished fold, and the mean."""
+    rows = []
+    for name in FOLDS:
+        table = Path(out) / name / "eval" / "metrics_per_case.csv"
+        if not table.is_file():
+            continue
+        with table.open() as f:
+            for row in csv.DictReader(f):
+                case = row.get("case") or row.get("filename") or next(iter(row.values()))
+                if case in ("mean", "std", "median"):
+                    continue
+                values = {c: float(row[c]) for c in COLUMNS}
+                err = 100.0 * (values["val_pred_volume_ml"] - values["val_ref_volume_ml"]) / values["val_ref_volume_ml"]
+                rows.append((name, Path(case).name, values["val_mean_dice"], values["val_hd95_mm"], err))
+    if not rows:
+        raise InputError(f"{out}: no finished fold (no */eval/metrics_per_case.csv)")
+    lines = ["| fold | case | Dice | HD95 mm | volume error |", "| --- | --- | ---: | ---: | ---: |"]
+    lines += [f"| {f} | {c} | {d:.3f} | {h:.1f} | {e:+.0f} % |" for f, c, d, h, e in rows]
+    mean = sum(r[2] for r in rows) / len(rows)
+    lines.append(f"| mean of {len(rows)} | | {mean:.3f} | | |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run_fire({"run": run, "summary": summary}, name="validate_model.py")
