@@ -36,7 +36,7 @@ FOLDS: dict[str, tuple[str, str]] = {
 #: list would otherwise be split off the real training cases)
 PHANTOM_VALIDATION = "$scripts.datalist.load_datalist(@phantom_dir, 'validation')"
 TRAIN = [str(BUNDLE_DIR / "configs" / f) for f in ("train.json", "train_real.json")]
-EVAL = TRAIN + [str(BUNDLE_DIR / "configs" / "evaluate.json")]
+EVALUATE = str(BUNDLE_DIR / "configs" / "evaluate.json")
 ORGANS = str(BUNDLE_DIR / "configs" / "train_organs.json")
 COLUMNS = ("val_mean_dice", "val_hd95_mm", "val_pred_volume_ml", "val_ref_volume_ml")
 
@@ -58,7 +58,7 @@ def run(out: str = "runs/loo", folds: str | list[str] | None = None, phantoms: i
     ``organs``: the experimental multi-organ recipe (``train_organs.json`` layered last, multi-organ labels).
     """
     train_cfg = TRAIN + ([ORGANS] if organs else [])
-    eval_cfg = train_cfg + [EVAL[-1]]
+    eval_cfg = train_cfg + [EVALUATE]
     label_args = ["--organs", "true"] if organs else []
     root = Path(out)
     names = list(FOLDS) if folds is None else ([folds] if isinstance(folds, str) else list(folds))
@@ -99,7 +99,7 @@ def summary(out: str = "runs/loo") -> str:
             continue
         with table.open() as f:
             for row in csv.DictReader(f):
-                case = row.get("case") or row.get("filename") or next(iter(row.values()))
+                case = row["case"]  # CaseTableWriter's first column
                 if case in ("mean", "std", "median"):
                     continue
                 values = {c: float(row[c]) for c in COLUMNS}

@@ -112,6 +112,11 @@ def validate_pair(image: nib.Nifti1Image, label: nib.Nifti1Image, case: str, org
                          "(spleen = 1); select the spleen label first")
 
 
+def label_names(organs: bool) -> dict[str, str]:
+    """``dataset.json``'s ``labels``: the organ scheme, or background/spleen for spleen-only labels."""
+    return {str(v): k for k, v in ORGAN_LABELS.items()} if organs else {"0": "background", "1": "spleen"}
+
+
 def split_cases(cases: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Seeded shuffle, then the last ``round(n * val_fraction)`` cases (at least 1 when n > 1) validate."""
     if not 0.0 <= val_fraction < 1.0:
@@ -167,7 +172,7 @@ def build_dataset(images: str | os.PathLike, labels: str | os.PathLike, out: str
             _write_case(nib.load(img_path), tmp / "imagesTs" / f"{_stem(img_path)}.nii.gz", img_path, False)
         meta = {
             "name": name, "description": description, "tensorImageSize": "3D", "modality": {"0": "CT"},
-            "labels": ({str(v): k for k, v in ORGAN_LABELS.items()} if organs else {"0": "background", "1": "spleen"}),
+            "labels": label_names(organs),
             "numTraining": len(pairs), "numTest": len(tests),
             "training": [_entry(c) for c in train], "validation": [_entry(c) for c in val],
             "test": [f"./imagesTs/{_stem(p)}.nii.gz" for p in tests],

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from spleenseg.atomic import atomic_dir
 from spleenseg.coords import LPS_TO_RAS
-from spleenseg.dataset.build import build_dataset
+from spleenseg.dataset.build import build_dataset, label_names
 from spleenseg.dicom import load_series_volume, to_ras_nifti
 from spleenseg.dicom.nifti import save_nifti, write_json
 from spleenseg.errors import GeometryError, InputError
@@ -83,13 +83,6 @@ class RealCase:
     notes: list[str] = field(default_factory=list)
 
 
-def _binary_label(label: nib.Nifti1Image, spleen_value: int) -> nib.Nifti1Image:
-    data = (np.asarray(label.dataobj) == spleen_value).astype(np.uint8)
-    out = nib.Nifti1Image(data, label.affine, label.header.copy())
-    out.set_data_dtype(np.uint8)
-    return out
-
-
 def _need(path: Path) -> Path:
     if not path.is_file():
         raise InputError(f"{path}: real CT file is missing (expected the shared reference data, see "
@@ -101,12 +94,13 @@ def msd_spleen_8(root: Path = REAL_CT_DIR) -> RealCase:
     """MSD spleen_8 as shipped (mirrored header; :func:`build_real_dataset` fixes it with ``flip_lr``)."""
     img = nib.load(_need(root / "msd_spleen8_downsampled.nii.gz"))
     lab = nib.load(_need(root / "msd_spleen8_downsampled_label.nii.gz"))
-    return RealCase("msd_spleen_8", img, _binary_label(lab, 1), "MSD Task09 spleen_8 (CC-BY-SA 4.0), expert label",
+    return RealCase("msd_spleen_8", img, _organ_label(lab, {1: ORGAN_LABELS["spleen"]}),
+                    "MSD Task09 spleen_8 (CC-BY-SA 4.0), expert label",
                     "portal", ["header mirrors left/right in the source; fixed with --flip-lr"])
 
 
 def _organ_label(label: nib.Nifti1Image, mapping: dict[int, int]) -> nib.Nifti1Image:
-    """A label map recoded into :data:`ORGAN_LABELS` (values not in ``mapping`` become background)."""
+    """A uint8 label map recoded into :data:`ORGAN_LABELS` (values not in ``mapping`` become background)."""
     src = np.asarray(label.dataobj)
     data = np.zeros(src.shape, np.uint8)
     for value, organ in mapping.items():
@@ -121,13 +115,11 @@ def ts_abdomen_crop(root: Path = REAL_CT_DIR, organs: bool = False) -> RealCase:
     kidneys and stomach labels in the organ scheme."""
     img = nib.load(_need(root / "ts_abdomen_ct_3mm_crop.nii.gz"))
     lab = nib.load(_need(root / "ts_abdomen_ct_3mm_crop_labels.nii.gz"))
-    if not organs:
-        return RealCase("ts_abdomen_crop", img, _binary_label(lab, 1),
-                        "TotalSegmentator example_ct_sm (Apache-2.0), TotalSegmentator v2 label", "native",
-                        ["multi-organ label map reduced to label 1 = spleen"])
-    return RealCase("ts_abdomen_crop", img, _organ_label(lab, TS_TO_ORGAN),
-                    "TotalSegmentator example_ct_sm (Apache-2.0), TotalSegmentator v2 label", "native",
-                    ["multi-organ label map recoded to 1 spleen, 2 liver, 3 kidneys, 4 stomach"])
+    mapping = TS_TO_ORGAN if organs else {1: ORGAN_LABELS["spleen"]}
+    note = ("multi-organ label map recoded to 1 spleen, 2 liver, 3 kidneys, 4 stomach" if organs
+            else "multi-organ label map reduced to label 1 = spleen")
+    return RealCase("ts_abdomen_crop", img, _organ_label(lab, mapping),
+                    "TotalSegmentator example_ct_sm (Apache-2.0), TotalSegmentator v2 label", "native", [note])
 
 
 def _read_png_mask(path: Path, rows: int, cols: int) -> np.ndarray:
@@ -268,8 +260,8 @@ def realistic_phantom_specs(n: int, seed: int = 0, size: tuple[int, int] = (128,
 
     Varied through spec fields only: phase (half native like the TotalSegmentator/DTU CT, half portal like
     MSD), enhancement strength 0.6-1.8 (portal spleens of about 90-180 HU, as real scans reach), spleen HU
-    shift +/-15, liver HU shift -45..+20 (fatty to dense livers), splenomegaly up to about 1,500 mL in a fifth
-    of the cases, noise 5-30 HU, blur 0.5-1.6 mm (soft to sharp kernels), slice spacing 1.5-7.5 mm (spleen_8 has
+    shift +/-15, liver HU shift -45..+20 (fatty to dense livers), enlarged spleens in a fifth of the cases
+    (specs drawn up to 1,500 mL; the abdominal cavity clips the painted spleen, to about 600 mL at most), noise 5-30 HU, blur 0.5-1.6 mm (soft to sharp kernels), slice spacing 1.5-7.5 mm (spleen_8 has
     7.5) with thickness up to 2x, a cropped in-plane field of view in a quarter of the cases and a partial z
     coverage (the spleen cut by the scan range, as in the crops) in another quarter.
     """
@@ -384,8 +376,7 @@ def build_phantom_dataset(out: str | os.PathLike, n: int = 32, seed: int = 0, n_
                 os.replace(tmp / f"{kind}Tr" / f"{e['case']}.nii.gz", tmp / f"{kind}Ts" / f"{e['case']}.nii.gz")
         meta = {
             "name": "SpleenRealisticPhantoms", "description": "domain-randomised phantoms (spleenseg.dataset.real)",
-            "tensorImageSize": "3D", "modality": {"0": "CT"},
-            "labels": {str(v): k for k, v in ORGAN_LABELS.items()} if organs else {"0": "background", "1": "spleen"},
+            "tensorImageSize": "3D", "modality": {"0": "CT"}, "labels": label_names(organs),
             "numTraining": len(train) + len(val), "numTest": len(test), "seed": int(seed),
             "training": [_entry(e["case"], "Tr") for e in train],
             "validation": [_entry(e["case"], "Tr") for e in val],
