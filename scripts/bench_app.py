@@ -106,7 +106,8 @@ def prepare_models(model: Path, work: Path) -> tuple[Path, Path, Path]:
     bundle = work / "bundle"
     if bundle.exists():
         shutil.rmtree(bundle)
-    shutil.copytree(model / "configs", bundle / "configs")
+    for part in ("configs", "scripts"):  # the post-processing uses the bundle's own transforms
+        shutil.copytree(model / part, bundle / part, ignore=shutil.ignore_patterns("__pycache__"))
     (bundle / "models").mkdir()
     weights = model / "models" / "model.pt"
     if weights.is_file():
@@ -127,7 +128,10 @@ def prepare_models(model: Path, work: Path) -> tuple[Path, Path, Path]:
     (bundle_zoo / "configs" / "inference.json").write_text(json.dumps(zoo_config, indent=1))
     stock_configs = work / "stock_configs"
     stock_configs.mkdir(exist_ok=True)
-    shutil.copy(bundle / "configs" / "metadata.json", stock_configs)
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    outputs = metadata["network_data_format"]["outputs"]  # the stock post-processing makes the mask only
+    metadata["network_data_format"]["outputs"] = {"pred": outputs["pred"]}
+    (stock_configs / "metadata.json").write_text(json.dumps(metadata))
     config = json.loads((bundle / "configs" / "inference.json").read_text())
     # The SDK spleen example runs the model-zoo bundle: its inferer settings and its post-processing
     # (softmax -> Invertd of both channels -> argmax; SaveImaged dropped as the stock operator needs).

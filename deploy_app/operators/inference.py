@@ -21,6 +21,8 @@ spleen (0.8 s less on a 512x512x120 CT on two cores).
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,25 @@ def strip_components(config: Any, disallowed: list[str]) -> Any:
         return [strip_components(v, disallowed) for v in config
                 if not (isinstance(v, dict) and any(d in str(v.get("_target_", "")) for d in disallowed))]
     return config
+
+
+def use_bundle_scripts(bundle: Path) -> None:
+    """Make ``import scripts`` find ``bundle/scripts`` (the bundle's own transforms in its post-processing).
+
+    Why: the bundle's ``initialize`` section does the same (``sys.modules.pop('scripts')``), but the SDK never
+    runs it; a ``scripts`` imported earlier in this process from elsewhere (the repository's own ``scripts/``
+    folder, picked up by any ``$import scripts`` parsed with the repository as working directory) would hide the
+    bundle's and its transforms would fail with "Cannot locate class or function path".
+    """
+    root = str(bundle.resolve())
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)
+    loaded = sys.modules.get("scripts")
+    origin = [*getattr(loaded, "__path__", []), str(getattr(loaded, "__file__", None) or "")]
+    if loaded is not None and not any(str(p).startswith(root + os.sep) for p in origin):
+        for name in [n for n in sys.modules if n == "scripts" or n.startswith("scripts.")]:
+            del sys.modules[name]
 
 
 class BundleInferenceOperator(MonaiBundleInferenceOperator):
@@ -77,6 +98,7 @@ class BundleInferenceOperator(MonaiBundleInferenceOperator):
                 return
             try:
                 if not self._init_completed:
+                    use_bundle_scripts(Path(model.path))
                     self.bundle_path = Path(model.path)
                     self._init_config(self._bundle_config_names.config_names)
                     self._init_completed = True

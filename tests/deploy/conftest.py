@@ -79,6 +79,13 @@ def train_tiny_model(configs: Path, out: Path, cache_dir: Path | None = None) ->
         shutil.copy(out, cached)
 
 
+def copy_bundle_code(root: Path) -> None:
+    """The repository bundle's ``configs/`` and ``scripts/`` (its post-processing uses the bundle's own
+    transforms), without weights."""
+    for part in ("configs", "scripts"):
+        shutil.copytree(BUNDLE_DIR / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
+
+
 @pytest.fixture(scope="session")
 def trained_bundle(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Path:
     """A copy of the repository bundle's configs with a freshly trained ``models/model.pt``."""
@@ -86,7 +93,7 @@ def trained_bundle(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytes
     if not (configs / "inference.json").is_file() or not (configs / "metadata.json").is_file():
         pytest.fail(f"{configs}: the bundle's inference.json/metadata.json are missing")
     root = tmp_path_factory.mktemp("bundle") / "spleen_bundle"
-    shutil.copytree(configs, root / "configs")
+    copy_bundle_code(root)
     (root / "models").mkdir()
     cache_plugin = getattr(pytestconfig, "cache", None)  # absent with -p no:cacheprovider
     cache = cache_plugin.mkdir("deploy_tiny_model") if cache_plugin is not None else None
@@ -132,7 +139,7 @@ def untrained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from monai.bundle import ConfigParser
 
     root = tmp_path_factory.mktemp("untrained") / "bundle"
-    shutil.copytree(BUNDLE_DIR / "configs", root / "configs")
+    copy_bundle_code(root)
     (root / "models").mkdir()
     parser = ConfigParser()
     parser.read_config(str(root / "configs" / "inference.json"))
