@@ -16,8 +16,7 @@ from bundle_util import CONFIGS, config_arg, run_bundle
 CLI_VALUES = [("false", False), ("FALSE", False), ("no", False), (0, False), (False, False),
               ("true", True), ("Yes", True), (1, True), (True, True)]
 #: (configs merged, list of steps, knob that switches some of them)
-SWITCHES = [(("inference",), "postprocessing_transforms", "largest_cc"),
-            (("inference",), "postprocessing_transforms", "save_prob"),
+SWITCHES = [(("inference",), "postprocessing_transforms", "save_prob"),
             (("train", "evaluate"), "validate#postprocessing_transforms", "largest_cc"),
             (("train", "evaluate"), "validate#postprocessing_transforms", "save_pred")]
 
@@ -43,6 +42,19 @@ def test_switch_follows_the_cli_value(configs, list_id, knob, given, expected) -
     assert set(_switched_on(_parser(*configs, **{knob: given}), list_id, knob)) == {expected}
 
 
+def _selection_arg(parser: ConfigParser, arg: str) -> object:
+    """One argument of inference.json's spleen selection step, parsed (the step always runs: it makes the QA)."""
+    steps = parser["postprocessing_transforms"]
+    i = next(i for i, t in enumerate(steps) if "SelectSpleenComponentd" in str(t.get("_target_", "")))
+    return parser.get_parsed_content(f"postprocessing_transforms#{i}#{arg}")
+
+
+@pytest.mark.parametrize("knob, arg", [("largest_cc", "select"), ("keep_accessory", "keep_accessory")])
+@pytest.mark.parametrize("given, expected", CLI_VALUES)
+def test_selection_switch_follows_the_cli_value(knob, arg, given, expected) -> None:
+    assert _selection_arg(_parser("inference", **{knob: given}), arg) is expected
+
+
 @pytest.mark.parametrize("configs, ids", [(("train",), ["train#trainer#amp", "validate#evaluator#amp"]),
                                           (("inference",), ["evaluator#amp"])])
 def test_amp_follows_the_cli_value(configs, ids) -> None:
@@ -53,16 +65,17 @@ def test_amp_follows_the_cli_value(configs, ids) -> None:
 
 def test_misspelt_switch_is_an_error_naming_the_value() -> None:
     with pytest.raises(RuntimeError, match="largest_cc") as err:
-        _switched_on(_parser("inference", largest_cc="flase"), "postprocessing_transforms", "largest_cc")
+        _selection_arg(_parser("inference", largest_cc="flase"), "select")
     assert isinstance(err.value.__cause__, ValueError) and "flase" in str(err.value.__cause__)
 
 
-def test_cli_false_leaves_out_the_component_step_and_the_probability(tmp_path: Path) -> None:
+def test_cli_false_keeps_the_selection_step_and_leaves_out_the_probability(tmp_path: Path) -> None:
     """Through ``python -m monai.bundle run`` itself, which prints the post-processing instead of running it."""
     show = "['$print(\"POSTPROCESSING\", [type(t).__name__ for t in @postprocessing.transforms])']"
     proc = run_bundle(["run", "--config_file", config_arg("inference"), "--output_dir", str(tmp_path),
                        "--largest_cc", "false", "--save_prob", "false", "--run", show])
     line = next(s for s in proc.stdout.splitlines() if s.startswith("POSTPROCESSING "))
     steps = ast.literal_eval(line.split(" ", 1)[1])
-    assert steps.count("Lambdad") == 1  # the spleen channel only; the largest component would be a second one
+    # the spleen selection still runs (it computes the QA; with largest_cc false it keeps every component)
+    assert steps.count("SelectSpleenComponentd") == 1 and "Lambdad" not in steps
     assert "CopyItemsd" not in steps and steps.count("SaveImaged") == 1  # the mask, no probability map

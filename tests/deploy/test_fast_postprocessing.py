@@ -4,7 +4,7 @@
   ``Invertd`` + ``AsDiscreted`` voxel for voxel, on CT stored in orientations that make the bundle's
   ``Orientationd`` flip and permute axes and on an oblique (rotated) grid, and it must fall back to ``Invertd``
   where the shortcut would not be exact; the app's bundle operator really makes the swap.
-* The largest-component step of ``bundle/configs/inference.json`` runs on the model grid: islands go, the
+* The spleen selection step of ``bundle/configs/inference.json`` runs on the model grid: islands go, the
   largest component stays, and ``--largest_cc false`` keeps both.
 """
 
@@ -18,7 +18,7 @@ import torch
 
 import deploy_app
 from deploy_app.operators.box_invert import BoxInvertd, swap_thresholded_invertd
-from deploy_app.operators.inference import strip_components
+from deploy_app.operators.inference import strip_components, use_bundle_scripts
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.deploy.operators.monai_bundle_inference_operator import DISALLOW_LOAD_SAVE
@@ -119,13 +119,17 @@ def test_swap_keeps_invertd_without_a_threshold():
 
 @pytest.mark.parametrize("largest_cc", [True, False])
 def test_largest_component_on_the_model_grid(largest_cc):
+    use_bundle_scripts(BUNDLE_DIR)  # the selection lives in the bundle's ``scripts`` package
     post = bundle_parser(largest_cc=largest_cc).get_parsed_content("postprocessing")
-    keep = [t for t in post.transforms if type(t).__name__ == "Lambdad"]
+    keep = [t for t in post.transforms if type(t).__name__ == "SelectSpleenComponentd"]
+    assert len(keep) == 1  # the step runs either way: with largest_cc false it keeps every component
     logits = torch.full((2, 40, 40, 40), 0.0)
     logits[1] = -4.0
-    logits[1, 5:20, 5:20, 5:20] = 4.0  # the large component
+    logits[1, 5:20, 5:20, 5:20] = 4.0  # the large component, on the patient's left (RAS: low x)
     logits[1, 30:34, 30:34, 30:34] = 4.0  # an island
-    pred = Compose(keep)({"pred": torch.softmax(logits, 0)})["pred"]
+    pred = MetaTensor(torch.softmax(logits, 0), affine=torch.eye(4))
+    pred = Compose(keep)({"pred": pred})["pred"]
+    assert pred.shape[0] == 1  # the spleen probability only
     assert bool((pred[0, 5:20, 5:20, 5:20] > 0.5).all())
     assert bool((pred[0, 30:34, 30:34, 30:34] > 0.5).any()) is not largest_cc
 
