@@ -2,7 +2,8 @@
 
 Paths not given on the command line come from the environment variables the MONAI Deploy App SDK defines
 (``HOLOSCAN_INPUT_PATH``, ``HOLOSCAN_OUTPUT_PATH``, ``HOLOSCAN_MODEL_PATH``), as inside a MAP container.
-Exit codes: 0 success, 2 bad input (one message naming the file and the problem), 1 unexpected failure.
+Exit codes: 0 success, 3 done but no selected series produced a SEG (no spleen found; the report is written),
+2 bad input (one message naming the file and the problem), 1 unexpected failure.
 
 The process ends with :func:`exit_without_teardown` once the result is in place: see its docstring.
 """
@@ -16,7 +17,13 @@ import sys
 import warnings
 from typing import NoReturn
 
+from deploy_app.runner import EXIT_NO_RESULT
 from spleenseg.errors import SpleensegError
+
+
+EXIT_CODES = (f"exit status: 0 SEG(s) written; {EXIT_NO_RESULT} finished, but no selected series produced a SEG "
+              "(no spleen found: spleen_report.json lists the series with their QA flags, no SEG is written); "
+              "2 bad input (one message naming the file); 1 unexpected failure")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = {"input": os.environ.get("HOLOSCAN_INPUT_PATH"), "output": os.environ.get("HOLOSCAN_OUTPUT_PATH"),
            "model": os.environ.get("HOLOSCAN_MODEL_PATH")}
     p = argparse.ArgumentParser(prog="python -m deploy_app",
-                                description="Segment the spleen in DICOM CT; write DICOM SEG + spleen_report.json.")
+                                description="Segment the spleen in DICOM CT; write DICOM SEG + spleen_report.json.",
+                                epilog=EXIT_CODES)
     p.add_argument("-i", "--input", default=env["input"], help="DICOM folder (env HOLOSCAN_INPUT_PATH)")
     p.add_argument("-o", "--output", default=env["output"], help="output folder (env HOLOSCAN_OUTPUT_PATH)")
     p.add_argument("-m", "--model", default=env["model"],
@@ -86,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for path in result.files:
         print(path)
-    return 0
+    return 0 if result.seg_files else EXIT_NO_RESULT
 
 
 def exit_without_teardown(code: int) -> NoReturn:

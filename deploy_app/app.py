@@ -4,12 +4,17 @@ Pipeline (SDK operators, subclassed only where the SDK's is wrong or missing; se
 
     loader -> selector -> to_volume -> bundle inference -> SEG writer -> report
                                \\______ selected series ______/
+
+The bundle has two outputs: the mask ("pred") and the QA dict of its component selection ("spleen_qa"); both
+go to the SEG writer, which skips the SEG when no spleen was found and hands the dict on to the report.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application, Image
@@ -25,6 +30,7 @@ from deploy_app.operators import (
     SpleenSegWriterOperator,
 )
 from deploy_app.operators.seg_writer import AlgorithmInfo
+from deploy_app.qa import QA_OUTPUT
 
 
 @dataclass
@@ -65,7 +71,8 @@ class SpleenSegApp(Application):
         inference = BundleInferenceOperator(
             self, app_context=context, bundle_config_names=BundleConfigNames(config_names=["inference"]),
             input_mapping=[IOMapping("image", Image, IOType.IN_MEMORY)],
-            output_mapping=[IOMapping("pred", Image, IOType.IN_MEMORY)], name="inference")
+            output_mapping=[IOMapping("pred", Image, IOType.IN_MEMORY),
+                            IOMapping(QA_OUTPUT, np.ndarray, IOType.IN_MEMORY)], name="inference")
         writer = SpleenSegWriterOperator(self, output_folder=o.output_dir, name="seg_writer",
                                          algorithm=AlgorithmInfo(o.model["name"], o.model["version"]))
         report = SpleenReportOperator(self, output_folder=o.output_dir, model=o.model, stl=o.stl, nifti=o.nifti,
@@ -75,5 +82,5 @@ class SpleenSegApp(Application):
         self.add_flow(selector, to_volume, {("study_selected_series_list", "study_selected_series_list")})
         self.add_flow(to_volume, inference, {("image", "image")})
         self.add_flow(to_volume, writer, {("study_selected_series_list", "study_selected_series_list")})
-        self.add_flow(inference, writer, {("pred", "seg_image")})
+        self.add_flow(inference, writer, {("pred", "seg_image"), (QA_OUTPUT, QA_OUTPUT)})
         self.add_flow(writer, report, {("seg_record", "seg_record")})

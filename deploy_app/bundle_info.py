@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from deploy_app.qa import QA_OUTPUT
 from spleenseg.errors import InputError
 
 
@@ -35,9 +36,26 @@ def _torchscript_metadata(path: Path) -> dict[str, Any]:
                 raise InputError(f"{path}: not a TorchScript bundle (no extra/metadata.json and extra/inference.json "
                                  f"inside); pass the bundle folder that holds models/model.pt, or a file made by "
                                  f"`python -m monai.bundle ckpt_export`")
+            config = archive.read(next(n for n in names if n.endswith("extra/inference.json"))).decode()
+            if "$scripts." in config and bundle_code_root(path) is None:
+                raise InputError(f"{path}: this TorchScript bundle's inference.json uses the bundle's own code "
+                                 f"($scripts...), which a TorchScript file does not carry; keep it as "
+                                 f"<bundle>/models/model.ts beside <bundle>/scripts/, or pass the bundle folder")
             return json.loads(archive.read(meta[0]))
     except zipfile.BadZipFile as exc:
         raise InputError(f"{path}: not a MONAI bundle folder nor a TorchScript bundle file ({exc})") from exc
+
+
+def bundle_code_root(model_file: Path) -> Path | None:
+    """The bundle folder of a TorchScript file kept as ``<bundle>/models/model.ts``, when it has ``scripts/``.
+
+    Why: a TorchScript export carries the network and the configs but no Python code, and the bundle's
+    post-processing names its own transforms (``$scripts.transforms...``); they come from the bundle folder.
+    """
+    root = Path(model_file).resolve().parent.parent
+    if Path(model_file).resolve().parent.name == "models" and (root / "scripts" / "__init__.py").is_file():
+        return root
+    return None
 
 
 def _is_bundle(path: Path) -> bool:
@@ -69,6 +87,12 @@ def read_model_metadata(model_path: str | Path) -> dict[str, Any]:
         raise InputError(f"{path}: bundle metadata.json is not valid JSON ({exc})") from exc
     if not metadata.get("network_data_format"):
         raise InputError(f"{path}: bundle metadata.json has no network_data_format (inputs/outputs)")
+    outputs = metadata["network_data_format"].get("outputs") or {}
+    if list(outputs)[:1] != ["pred"] or QA_OUTPUT not in outputs:
+        # The SDK operator sends a single post-processing result to the first output, and the app waits for
+        # both: without these two the run would end with no SEG and no message.
+        raise InputError(f"{path}: bundle metadata.json must declare the outputs 'pred' (first) and "
+                         f"'{QA_OUTPUT}' (the QA dict of the spleen selection); it declares {list(outputs)}")
     return metadata
 
 

@@ -1,8 +1,8 @@
 """``run()``: one call = one Holoscan run of the app, with all-or-nothing output.
 
 The operators write into a hidden temporary folder inside ``output_dir`` when it exists (else beside it: always
-on the same file system); only when the whole run succeeded (SEG(s) and ``spleen_report.json`` present) are the
-files moved into ``output_dir``. On any error the temporary folder is removed, so ``output_dir`` never holds
+on the same file system); only when the whole run succeeded (``spleen_report.json`` present, with a SEG for each
+series where a spleen was found) are the files moved into ``output_dir``. On any error the temporary folder is removed, so ``output_dir`` never holds
 half-written results, and the input folder is never written to.
 """
 
@@ -24,9 +24,16 @@ from spleenseg.errors import InputError
 log = logging.getLogger(__name__)
 
 
+#: The report every run writes (the node reads it too, without importing the app's operators, which load torch).
+REPORT_NAME = "spleen_report.json"
+#: Exit status of ``python -m deploy_app`` (and of the DICOM node's pipeline process) when the run finished but no
+#: selected series produced a SEG (no spleen found): nothing to send, not a failure.
+EXIT_NO_RESULT = 3
+
+
 @dataclass
 class RunResult:
-    """What a run produced (paths are inside ``output_dir``)."""
+    """What a run produced (paths are inside ``output_dir``); ``seg_files`` is empty when no spleen was found."""
 
     output_dir: Path
     seg_files: list[Path]
@@ -70,7 +77,6 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, model_path:
     _check_paths(input_dir, output_dir)
     from deploy_app.app import AppOptions, SpleenSegApp  # heavy (Holoscan, torch): import on first use
     from deploy_app.bundle_info import model_identity, read_model_metadata, resolve_model_path
-    from deploy_app.operators.report import REPORT_NAME
 
     model_path = resolve_model_path(model_path)
     model = model_identity(read_model_metadata(model_path))  # fail fast, before any output exists
@@ -93,7 +99,9 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, model_path:
             moved.append(output_dir / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    seg_files = [output_dir / e["seg_file"] for e in report["series"]]
+    seg_files = [output_dir / e["seg_file"] for e in report["series"] if e["seg_file"]]
     log.info("done in %.1f s: %s", report["run_time_s"], ", ".join(p.name for p in moved))
+    if not seg_files:
+        log.warning("no selected series produced a SEG (no spleen found); only %s was written", REPORT_NAME)
     return RunResult(output_dir=output_dir, seg_files=seg_files, report_path=output_dir / REPORT_NAME,
                      report=report, files=moved)

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deploy_app.qa import qa_summary
+from deploy_app.runner import EXIT_NO_RESULT
 from spleenseg.atomic import atomic_dir
 from spleenseg.errors import InputError
 from spleenseg.paths import BUNDLE_DIR, REPO_ROOT
@@ -45,11 +47,12 @@ def _banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
 
-def _run(cmd: list[str]) -> None:
-    """Run one user-level command from the repository root, echoing it first; fail loudly."""
+def _run(cmd: list[str], ok: tuple[int, ...] = (0,)) -> None:
+    """Run one user-level command from the repository root, echoing it first; fail loudly on an exit status
+    not in ``ok``."""
     print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     done = subprocess.run(cmd, cwd=REPO_ROOT)
-    if done.returncode != 0:
+    if done.returncode not in ok:
         raise InputError(f"demo stage failed (exit {done.returncode}): {' '.join(cmd)}")
 
 
@@ -60,12 +63,17 @@ def _bundle(*configs: str) -> list[str]:
 
 
 def _summarise_report(out_dir: Path) -> None:
+    """Per series: volume, length, slices, the QA verdict and raised flags (and when no SEG was written), then
+    every file written; what a user checks first after a run."""
     report = json.loads((out_dir / "spleen_report.json").read_text())
     for series in report.get("series", []):
+        qa = qa_summary(series.get("qa"))
         print(f"  series {series.get('series_instance_uid', '?')}: spleen "
               f"{series.get('spleen_volume_ml', float('nan')):.1f} mL, "
               f"craniocaudal {series.get('craniocaudal_length_mm', float('nan')):.0f} mm, "
-              f"on {series.get('slices_with_spleen', '?')} slices")
+              f"on {series.get('slices_with_spleen', '?')} slices"
+              + ("" if series.get("seg_file") else "; no SEG written"))
+        print(f"    QA: {qa['verdict'] or 'none'}; flags raised: {', '.join(qa['flags']) or 'none'}")
     for path in sorted(out_dir.iterdir()):
         print(f"  {path}")
 
@@ -75,7 +83,7 @@ def segment_dicom(dicom_dir: Path, out_dir: Path, model: Path, *extra: str) -> N
     if out_dir.exists():  # the demo's own output from an earlier run
         shutil.rmtree(out_dir)
     _run([sys.executable, "-m", "deploy_app", "-i", str(dicom_dir), "-o", str(out_dir), "-m", str(model),
-          "--nifti", *extra])
+          "--nifti", *extra], ok=(0, EXIT_NO_RESULT))  # no spleen found: the summary says so
     _summarise_report(out_dir)
 
 

@@ -8,7 +8,8 @@ each study is in exactly one state folder and an administrator can see (and fix)
     work_dir/queued/<job>/input/                        complete, waiting for a worker
     work_dir/running/<job>/{input,output.partial}/      pipeline running
     work_dir/outbox/<job>/{input,output}/               results waiting to be sent
-    work_dir/done/<job>/output/                         results sent (input removed unless keep_done_inputs)
+    work_dir/done/<job>/output/                         results sent, or nothing to send (no spleen found);
+                                                        input removed unless keep_done_inputs
     work_dir/failed/<job>/{input,error.txt,job.log}     processing or sending failed; kept for a human
     work_dir/sent_uids.txt                              SOP Instance UIDs of every result this node sent
 
@@ -69,6 +70,7 @@ class JobRecord:
     error: str | None = None
     note: str | None = None
     pipeline_pid: int | None = None
+    results: list[dict[str, Any]] = field(default_factory=list)  # per series, from spleen_report.json
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,7 +22,8 @@ from deploy_app.node.inbox import OWN_RESULT_MARKER, Inbox, JobRecord, utc_now
 from deploy_app.node.pipeline import Pipeline, PipelineError, PipelineRunner
 from deploy_app.node.scp import start_scp
 from deploy_app.node.sender import SendError, dicom_files, echo, read_headers, send_files
-from deploy_app.node.status import StatusServer, build_status, write_status
+from deploy_app.node.status import StatusServer, build_status, describe_results, report_results, write_status
+from deploy_app.runner import EXIT_NO_RESULT
 from spleenseg.errors import SpleensegError
 
 log = logging.getLogger("deploy_app.node")
@@ -184,15 +185,15 @@ class DicomNode:
         partial = job_dir / "output.partial"
         partial.mkdir()
         job.started_at, job.error = utc_now(), None
-        job.sent, job.send_attempts = [], 0
+        job.sent, job.send_attempts, job.results = [], 0, []
         self.inbox.save(job)
         self.inbox.append_log(job, f"started on {job.instances} instance(s)")
         log.info("study %s: started (job %s, %d instances)", job.study_uid, job_id, job.instances)
         t0 = time.monotonic()
         try:
-            self.runner.run(job_dir / "input", partial, job_dir / "job.log",
-                            on_start=lambda pid: self._started(job, pid))
-            if not dicom_files(partial):
+            produced = self.runner.run(job_dir / "input", partial, job_dir / "job.log",
+                                       on_start=lambda pid: self._started(job, pid))
+            if produced and not dicom_files(partial):
                 raise PipelineError("the pipeline finished without writing any DICOM file to its output folder")
         except PipelineError as exc:
             if self._stop.is_set():  # interrupted by stop(): left in running/, re-queued on the next start
@@ -204,12 +205,26 @@ class DicomNode:
         job.finished_at = utc_now()
         job.outputs = sorted(str(p.relative_to(job_dir / "output")) for p in (job_dir / "output").rglob("*")
                              if p.is_file())
-        self.inbox.append_log(job, f"finished in {job.run_seconds} s: {job.outputs}")
+        job.results = report_results(job_dir / "output")
+        results = describe_results(job.results)
+        self.inbox.append_log(job, f"finished in {job.run_seconds} s: {job.outputs}; {results}")
+        if not produced:
+            self._done_without_result(job, results)
+            return
         # Logged before the move (also "sent" and "failed"): a job seen in its next folder has its log line.
-        log.info("study %s: finished in %.1f s (job %s): %d DICOM file(s) to send", job.study_uid,
-                 job.run_seconds, job_id, len(dicom_files(job_dir / "output")))
+        log.info("study %s: finished in %.1f s (job %s): %d DICOM file(s) to send; %s", job.study_uid,
+                 job.run_seconds, job_id, len(dicom_files(job_dir / "output")), results)
         self.inbox.move(job, "outbox")
         self._wake_sender.set()
+
+    def _done_without_result(self, job: JobRecord, results: str) -> None:
+        """The pipeline finished and found nothing to send (no spleen): done, not failed, so never retried; the
+        report stays in ``done/<job>/output``."""
+        job.note = f"done, nothing to send (pipeline exit status {EXIT_NO_RESULT}: no SEG produced)"
+        self.inbox.append_log(job, job.note)
+        log.warning("study %s: finished in %.1f s (job %s), nothing to send: %s", job.study_uid, job.run_seconds,
+                    job.job_id, results)
+        self._move_to_done(job)
 
     def _park_broken_job(self, job_id: str, reason: str) -> None:
         """Move a job that broke the worker to ``failed/`` as it is, so it is neither lost nor retried forever."""

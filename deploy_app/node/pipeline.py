@@ -8,6 +8,9 @@ logging) lands in the study's ``job.log``.
 A pipeline is any importable function ``run(input_dir, output_dir, model_path, **options)`` that writes its
 results into ``output_dir`` and raises on failure, i.e. ``deploy_app.run``. It is given either as
 ``"module:function"`` (resolved in the child, so the node never imports torch) or as a module-level callable.
+When it returns a result whose ``seg_files`` is an empty list (``deploy_app.RunResult`` when no spleen was
+found), the child exits with :data:`~deploy_app.runner.EXIT_NO_RESULT` (3), as ``python -m deploy_app`` does:
+finished, nothing to send.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Union
 
+from deploy_app.runner import EXIT_NO_RESULT
 from spleenseg.errors import InputError
 
 Pipeline = Union[str, Callable[..., Any]]
@@ -71,8 +75,10 @@ class PipelineRunner:
         self._stopping = False
 
     def run(self, input_dir: Path, output_dir: Path, log_path: Path,
-            on_start: Callable[[int], None] | None = None) -> None:
-        """Run the pipeline; raise :class:`PipelineError` with a one-line reason when it fails.
+            on_start: Callable[[int], None] | None = None) -> bool:
+        """Run the pipeline; ``False`` when it finished with nothing to send (exit status
+        :data:`EXIT_NO_RESULT`), ``True`` when it produced results. Raise :class:`PipelineError` with a one-line
+        reason when it fails.
 
         ``on_start`` gets the child's pid (recorded in ``job.json`` so an operator can find the process).
         """
@@ -99,12 +105,15 @@ class PipelineRunner:
         finally:
             with self._lock:
                 self._active.discard(proc)
+        if proc.exitcode == EXIT_NO_RESULT and not error_path.is_file():
+            return False
         if proc.exitcode != 0:
             if self._stopping:
                 raise PipelineError("node is stopping")
             if error_path.is_file():
                 raise PipelineError(error_path.read_text().strip())
             raise PipelineError(f"pipeline process ended with exit code {proc.exitcode} (crashed or killed)")
+        return True
 
     def terminate_all(self) -> None:
         with self._lock:
@@ -139,7 +148,7 @@ def _child_main(pipeline: Pipeline, input_dir: str, output_dir: str, model_path:
         func = resolve(pipeline)
         print(f"running {getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)} "
               f"on {input_dir}", flush=True)
-        func(input_dir, output_dir, model_path, **options)
+        result = func(input_dir, output_dir, model_path, **options)
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the parent as a clear reason
         traceback.print_exc()
         sys.stderr.flush()
@@ -147,6 +156,14 @@ def _child_main(pipeline: Pipeline, input_dir: str, output_dir: str, model_path:
         os._exit(1)
     sys.stdout.flush()
     sys.stderr.flush()
+    if nothing_to_send(result):
+        os._exit(EXIT_NO_RESULT)
+
+
+def nothing_to_send(result: Any) -> bool:
+    """True for a pipeline result that lists its SEG files and has none (``deploy_app.RunResult``)."""
+    seg_files = getattr(result, "seg_files", None)
+    return isinstance(seg_files, list) and not seg_files
 
 
 def _exit_with_parent(interval: float = 0.5) -> None:
@@ -157,6 +174,6 @@ def _exit_with_parent(interval: float = 0.5) -> None:
         while True:
             time.sleep(interval)
             if os.getppid() != parent:
-                os._exit(3)
+                os._exit(1)  # nobody reads it; not EXIT_NO_RESULT, which means "finished, nothing to send"
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deploy_app.node.inbox import Inbox, utc_now
+from deploy_app.qa import qa_summary
+from deploy_app.runner import REPORT_NAME
 from spleenseg.atomic import atomic_file
 
 log = logging.getLogger("deploy_app.node")
@@ -38,9 +40,39 @@ def build_status(inbox: Inbox, node_info: dict[str, Any], destination: dict[str,
 
 def _summary(job: Any) -> dict[str, Any]:
     keys = ("job_id", "study_uid", "state", "instances", "received_at", "started_at", "finished_at", "sent_at",
-            "run_seconds", "outputs", "send_attempts", "error", "note")
+            "run_seconds", "outputs", "send_attempts", "error", "note", "results")
     data = job.as_dict()
     return {k: data[k] for k in keys}
+
+
+def report_results(output_dir: Path) -> list[dict[str, Any]]:
+    """Per series of the pipeline's ``spleen_report.json``: UID, spleen volume, SEG file, QA verdict and raised
+    flags. Read once when a job finishes and kept in ``job.json``, so the status never rereads reports.
+
+    A pipeline without a report, or with one that cannot be read, gives an empty list (logged): the job's
+    results are still sent, only their summary is missing.
+    """
+    path = output_dir / REPORT_NAME
+    if not path.is_file():
+        return []
+    try:
+        series = json.loads(path.read_text()).get("series", [])
+        return [{"series_instance_uid": s.get("series_instance_uid"), "spleen_volume_ml": s.get("spleen_volume_ml"),
+                 "seg_file": s.get("seg_file"), **qa_summary(s.get("qa"))} for s in series]
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("%s: cannot read the report's results (%s)", path, exc)
+        return []
+
+
+def describe_results(results: list[dict[str, Any]]) -> str:
+    """One log-line fragment: each series' volume, verdict and raised flags."""
+    parts = []
+    for r in results:
+        volume = r.get("spleen_volume_ml")
+        flags = f" [{', '.join(r['flags'])}]" if r.get("flags") else ""
+        parts.append(f"series {r.get('series_instance_uid')}: spleen "
+                     f"{'?' if volume is None else f'{volume:.1f}'} mL, QA {r.get('verdict') or 'none'}{flags}")
+    return "; ".join(parts) or "no report"
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:

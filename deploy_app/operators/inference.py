@@ -31,6 +31,7 @@ from monai.deploy.operators.monai_bundle_inference_operator import (
     MonaiBundleInferenceOperator,
     _load_model_from_directory_bundle,
 )
+from deploy_app.bundle_info import bundle_code_root
 from deploy_app.operators.box_invert import swap_thresholded_invertd
 from spleenseg.errors import InputError
 
@@ -75,6 +76,9 @@ class BundleInferenceOperator(MonaiBundleInferenceOperator):
             if model.predictor is None:
                 self._load_folder_bundle(model)
         elif model is not None:
+            code = bundle_code_root(Path(model.path))
+            if code is not None:
+                use_bundle_scripts(code)
             try:
                 _ = model.predictor  # TorchScript: loaded on first access; a broken file fails here
             except Exception as exc:  # noqa: BLE001

@@ -18,12 +18,12 @@ import numpy as np
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from monai.transforms.utils import generate_spatial_bounding_box
+from deploy_app.qa import log_qa
+from deploy_app.runner import REPORT_NAME
 from spleenseg.dicom.nifti import save_nifti, to_ras_nifti
-from spleenseg.orientation import check_spleen_left
+from spleenseg.orientation import spleen_side
 
 log = logging.getLogger(__name__)
-
-REPORT_NAME = "spleen_report.json"
 
 
 def mask_measurements(mask: np.ndarray, affine_lps: np.ndarray, instance_numbers: list) -> dict[str, Any]:
@@ -88,12 +88,14 @@ def write_nifti(mask: np.ndarray, affine_lps: np.ndarray, path: Path) -> None:
 
 
 def spleen_side_entry(mask: np.ndarray, affine_lps: np.ndarray, series_uid: str) -> dict[str, Any]:
-    """Report fields of the orientation sanity check (spleen belongs on the patient's left).
+    """Where the mask lies relative to the centre of the field of view (which scanners centre on the patient),
+    measured on the source grid.
 
-    Without the CT at hand the body midline is the centre of the field of view, which scanners centre on the
-    patient; a spleen on the right is logged as a warning naming the series (mirrored data or situs inversus).
+    Only a measurement: whether a right-sided spleen means a mirrored header is the bundle's QA judgement
+    (``qa.flags.header_mirrored`` from the liver's side, ``anatomy_unsure`` when spleen candidate and liver lie
+    on the same side), not this field's, so nothing is logged here.
     """
-    side = check_spleen_left(mask_nifti(mask, affine_lps), name=f"series {series_uid}")
+    side = spleen_side(mask_nifti(mask, affine_lps), name=f"series {series_uid}")
     return {"spleen_side": side.side,
             "spleen_left_of_midline_mm": None if side.offset_mm is None else round(side.offset_mm, 1)}
 
@@ -116,10 +118,14 @@ class SpleenReportOperator(Operator):
         self.add(op_input.receive("seg_record"))
 
     def add(self, record: dict[str, Any]) -> None:
-        """Measure, write the optional STL/NIfTI, then rewrite the report."""
+        """Measure, write the optional STL/NIfTI, log the QA flags, then rewrite the report.
+
+        A series without a SEG (no spleen found) is listed all the same, with its QA block and ``seg_file``
+        null, and gets no STL or NIfTI either: an empty mask file would read as a 0 mL spleen too.
+        """
         series = record["study_selected"].selected_series[0].series
         affine = series.volume_affine_lps
-        mask, seg, first = record["mask"], record["seg"], record["source"][0]
+        mask, seg, first, qa = record["mask"], record["seg"], record["source"][0], record["qa"]
         uid = str(series.SeriesInstanceUID)
         entry: dict[str, Any] = {
             "patient_id": str(first.get("PatientID", "")),
@@ -129,17 +135,19 @@ class SpleenReportOperator(Operator):
             "series_description": str(first.get("SeriesDescription", "")),
             "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
             "slices": len(record["source"]),
-            "seg_file": record["path"].name,
-            "seg_series_instance_uid": str(seg.SeriesInstanceUID),
-            "seg_sop_instance_uid": str(seg.SOPInstanceUID),
+            "seg_file": None if seg is None else record["path"].name,
+            "seg_series_instance_uid": None if seg is None else str(seg.SeriesInstanceUID),
+            "seg_sop_instance_uid": None if seg is None else str(seg.SOPInstanceUID),
             "generated_uids": getattr(series, "generated_uids", {}),
             **mask_measurements(mask, affine, [ds.get("InstanceNumber") for ds in record["source"]]),
             **spleen_side_entry(mask, affine, uid),
+            "qa": qa,
         }
-        if self.stl and entry["spleen_voxels"]:
+        log_qa(uid, qa)
+        if self.stl and seg is not None:
             entry["stl_file"] = f"spleen_{uid}.stl"
             write_stl(mask, affine, self.output_folder / entry["stl_file"])
-        if self.nifti:
+        if self.nifti and seg is not None:
             entry["nifti_file"] = f"spleen_pred_{uid}.nii.gz"
             write_nifti(mask, affine, self.output_folder / entry["nifti_file"])
         self.entries.append(entry)

@@ -21,6 +21,7 @@ import numpy as np
 from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
 from monai.deploy.core.domain.dicom_series_selection import StudySelectedSeries
 
+from deploy_app.qa import QA_OUTPUT, settle_no_spleen, unwrap_qa
 from deploy_app.volume_io import c_order
 from spleenseg.dicom.seg import spleen_segment_description
 
@@ -75,9 +76,12 @@ def build_seg(mask: np.ndarray, source: list, algorithm: AlgorithmInfo) -> hd.se
 
 
 class SpleenSegWriterOperator(Operator):
-    """Inputs: ``seg_image`` (slice, row, column mask) and the one-series ``study_selected_series_list``.
+    """Inputs: ``seg_image`` (slice, row, column mask), ``spleen_qa`` (the bundle's QA dict) and the one-series
+    ``study_selected_series_list``.
 
-    Output ``seg_record``: dict with the SEG path/UIDs, the mask and the source geometry, for the report.
+    Output ``seg_record``: dict with the SEG path/UIDs, the mask, the QA dict and the source geometry, for the
+    report. When no spleen was found no SEG is written (path and SEG are ``None``): an empty SEG reads as
+    "spleen 0 mL" in a viewer.
     """
 
     def __init__(self, fragment: Fragment, *args, output_folder: Path, algorithm: AlgorithmInfo, **kwargs) -> None:
@@ -87,24 +91,31 @@ class SpleenSegWriterOperator(Operator):
 
     def setup(self, spec: OperatorSpec):
         spec.input("seg_image")
+        spec.input(QA_OUTPUT)
         spec.input("study_selected_series_list")
         spec.output("seg_record")
 
     def compute(self, op_input, op_output, context):
         seg_image: Image = op_input.receive("seg_image")
+        qa = unwrap_qa(op_input.receive(QA_OUTPUT))
         study_selected: StudySelectedSeries = op_input.receive("study_selected_series_list")[0]
-        op_output.emit(self.write(seg_image.asnumpy(), study_selected), "seg_record")
+        op_output.emit(self.write(seg_image.asnumpy(), study_selected, qa), "seg_record")
 
-    def write(self, mask: np.ndarray, study_selected: StudySelectedSeries) -> dict[str, Any]:
-        """Write ``SEG_<source series UID>.dcm`` and return what the report needs."""
+    def write(self, mask: np.ndarray, study_selected: StudySelectedSeries, qa: dict[str, Any]) -> dict[str, Any]:
+        """Write ``SEG_<source series UID>.dcm`` unless no spleen was found; return what the report needs."""
         selected = study_selected.selected_series[0]
+        uid = selected.series.SeriesInstanceUID
         source = [s.get_native_sop_instance() for s in selected.series.get_sop_instances()]
         mask = c_order(np.asarray(mask)) > 0  # one C-ordered copy for the SEG and the report
+        qa = settle_no_spleen(qa, bool(mask.any()))
+        record = {"path": None, "seg": None, "mask": mask, "source": source, "study_selected": study_selected,
+                  "qa": qa}
+        if qa["flags"]["no_spleen"]:  # an empty SEG would read as "spleen 0 mL" in a viewer
+            log.warning("series %s: no spleen found; no SEG written for it", uid)
+            return record
         seg = build_seg(mask, source, self.algorithm)
         self.output_folder.mkdir(parents=True, exist_ok=True)
-        path = self.output_folder / f"SEG_{selected.series.SeriesInstanceUID}.dcm"
+        path = self.output_folder / f"SEG_{uid}.dcm"
         seg.save_as(path)
         log.info("wrote %s: %d frames, %d spleen voxels", path.name, int(seg.NumberOfFrames), int(mask.sum()))
-        return {
-            "path": path, "seg": seg, "mask": mask, "source": source, "study_selected": study_selected,
-        }
+        return {**record, "path": path, "seg": seg}

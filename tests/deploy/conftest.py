@@ -123,14 +123,45 @@ def _study_uid(paths: list[Path]) -> str:
     return str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
 
 
+class _Records(logging.Handler):
+    """Keeps every log record of a session-scoped run (pytest's caplog is per test)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @pytest.fixture(scope="session")
-def e2e_result(tmp_path_factory: pytest.TempPathFactory, phantom_study: dict, trained_bundle: Path):
-    """One real Holoscan run of the app on the phantom study, with the STL and NIfTI options on."""
+def e2e_run(tmp_path_factory: pytest.TempPathFactory, phantom_study: dict, trained_bundle: Path):
+    """One real Holoscan run of the app on the phantom study, with the STL and NIfTI options on, and the log
+    records of the app's own loggers during that run."""
     import deploy_app
 
     logging.getLogger("highdicom").setLevel(logging.WARNING)
     out = tmp_path_factory.mktemp("e2e") / "out"
-    return deploy_app.run(phantom_study["folder"], out, trained_bundle, stl=True, nifti=True)
+    handler, app_log = _Records(), logging.getLogger("deploy_app")
+    level = app_log.level
+    app_log.addHandler(handler)
+    app_log.setLevel(logging.INFO)
+    try:
+        result = deploy_app.run(phantom_study["folder"], out, trained_bundle, stl=True, nifti=True)
+    finally:
+        app_log.removeHandler(handler)
+        app_log.setLevel(level)
+    return result, handler.records
+
+
+@pytest.fixture(scope="session")
+def e2e_result(e2e_run):
+    return e2e_run[0]
+
+
+@pytest.fixture(scope="session")
+def e2e_log(e2e_run) -> list[logging.LogRecord]:
+    return e2e_run[1]
 
 
 @pytest.fixture(scope="session")
@@ -145,6 +176,29 @@ def untrained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     parser.read_config(str(root / "configs" / "inference.json"))
     torch.manual_seed(0)
     torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
+    return root
+
+
+@pytest.fixture(scope="session")
+def nothing_found_bundle(untrained_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundle with weights that predict background everywhere (zero convolutions, background bias): a model
+    that finds no spleen in any input, deterministically."""
+    from monai.bundle import ConfigParser
+
+    root = tmp_path_factory.mktemp("nothing") / "bundle"
+    shutil.copytree(untrained_bundle, root)
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    net = parser.get_parsed_content("network_def")
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
+                module.weight.zero_()
+                if module.bias is not None:
+                    module.bias.zero_()
+                    if module.bias.shape[0] == 2:  # the output layer: background 5, spleen -5
+                        module.bias.copy_(torch.tensor([5.0, -5.0]))
+    torch.save(net.state_dict(), root / "models" / "model.pt")
     return root
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +186,67 @@ def test_feet_first_series_still_lands_on_the_spleen(tmp_path, phantom_study, tr
     seg = pydicom.dcmread(result.seg_files[0])
     assert dciodvfy_errors(result.seg_files[0]) == []
     assert dice(seg_frames(seg), label_at_frames(phantom_study["a"], seg)) >= 0.8
+
+
+QA_FLAGS = {"no_spleen", "implausible_volume", "several_candidates", "candidate_right", "fov_cut",
+            "low_confidence", "header_mirrored", "anatomy_unsure"}
+
+
+@pytest.mark.parametrize("patient", ["a", "b"])
+def test_report_has_the_qa_block_and_logs_the_verdict(e2e_result, e2e_log, phantom_study, patient):
+    entry = _entry(e2e_result, phantom_study["a_thin" if patient == "a" else "b_ct"])
+    qa, uid = entry["qa"], entry["series_instance_uid"]
+    assert set(qa["flags"]) == QA_FLAGS and all(isinstance(v, bool) for v in qa["flags"].values())
+    assert isinstance(qa["verdict"], str) and qa["verdict"] and "\n" not in qa["verdict"]
+    raised = [name for name, value in qa["flags"].items() if value]
+    assert len(qa["messages"]) == len(raised)
+    # the phantom's spleen is found, on the patient's left, and the header is not judged mirrored
+    assert not qa["flags"]["no_spleen"] and not qa["flags"]["candidate_right"]
+    assert not qa["flags"]["header_mirrored"] and entry["spleen_side"] == "left" and entry["seg_file"]
+    logged = [(r.levelno, r.getMessage()) for r in e2e_log if uid in r.getMessage()]
+    assert [m for _, m in logged if "QA verdict" in m] and all(
+        m.startswith(f"series {uid}: QA verdict: {qa['verdict']}") for _, m in logged if "QA verdict" in m)
+    for flag in raised:
+        assert (logging.WARNING, f"series {uid}: QA flag {flag} raised") in logged
+    assert not [m for _, m in logged if "mirrored" in m]
+
+
+def test_demo_summary_prints_each_verdict_and_raised_flag(e2e_result, capsys):
+    from spleenseg.demo import _summarise_report
+
+    _summarise_report(e2e_result.output_dir)
+    printed = capsys.readouterr().out
+    for entry in e2e_result.report["series"]:
+        raised = [name for name, value in entry["qa"]["flags"].items() if value]
+        assert f"series {entry['series_instance_uid']}: spleen {entry['spleen_volume_ml']:.1f} mL" in printed
+        assert f"QA: {entry['qa']['verdict']}; flags raised: {', '.join(raised) or 'none'}" in printed
+    assert "no SEG written" not in printed
+
+
+def test_no_spleen_found_writes_no_seg_lists_the_series_and_exits_3(tmp_path, small_series, nothing_found_bundle,
+                                                                    capsys):
+    """A model that finds nothing: python -m deploy_app exits 3, OUT_DIR holds only the report (no SEG, no empty
+    NIfTI or STL, no staging folder), the report lists the series with no_spleen, and a WARNING names it."""
+    from spleenseg.demo import _summarise_report
+
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "deploy_app", "-i", str(tmp_path / "in"), "-o", str(out), "-m",
+                           str(nothing_found_bundle), "--nifti", "--stl"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert [p.name for p in out.iterdir()] == ["spleen_report.json"]
+    assert proc.stdout.split() == [str(out / "spleen_report.json")]
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+    import json
+
+    [entry] = json.loads((out / "spleen_report.json").read_text())["series"]
+    uid = _series_uid(small_series)
+    assert entry["series_instance_uid"] == uid and entry["seg_file"] is None
+    assert entry["spleen_voxels"] == 0 and entry["spleen_volume_ml"] == 0 and entry["spleen_side"] == "empty"
+    assert entry["qa"]["flags"]["no_spleen"] is True and entry["qa"]["verdict"] == "no spleen found"
+    assert "nifti_file" not in entry and "stl_file" not in entry
+    assert f"WARNING deploy_app.operators.seg_writer: series {uid}: no spleen found; no SEG written" in proc.stderr
+    assert f"WARNING deploy_app.qa: series {uid}: QA flag no_spleen raised" in proc.stderr
+    _summarise_report(out)
+    printed = capsys.readouterr().out
+    assert "no SEG written" in printed and "QA: no spleen found; flags raised: no_spleen" in printed

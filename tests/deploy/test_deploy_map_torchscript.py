@@ -58,9 +58,17 @@ def seg_pair(out_dir: Path, reference: deploy_app.RunResult) -> tuple[np.ndarray
     return seg_frames(pydicom.dcmread(segs[0])), seg_frames(pydicom.dcmread(reference.seg_files[0]))
 
 
+def torchscript_bundle(bundle: Path, dest: Path) -> Path:
+    """The model-zoo layout of a TorchScript bundle: ``configs/``, ``scripts/`` and ``models/model.ts``."""
+    for part in ("configs", "scripts"):
+        shutil.copytree(bundle / part, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "models").mkdir()
+    return export_torchscript(bundle, dest / "models" / "model.ts")
+
+
 def test_env_vars_and_torchscript_bundle_give_the_folder_bundle_result(tmp_path, small_series, trained_bundle):
     folder_result = deploy_app.run(tmp_path / "in", tmp_path / "out_folder", trained_bundle)
-    model_ts = export_torchscript(trained_bundle, tmp_path / "model.ts")
+    model_ts = torchscript_bundle(trained_bundle, tmp_path / "ts_bundle")
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},  # stdout block-buffered, as in a MAP
            "HOLOSCAN_INPUT_PATH": str(tmp_path / "in"), "HOLOSCAN_OUTPUT_PATH": str(tmp_path / "out_ts"),
            "HOLOSCAN_MODEL_PATH": str(model_ts)}
@@ -107,3 +115,13 @@ def test_app_runs_with_only_its_own_requirements(tmp_path, small_series, trained
     run_app_copy(map_python, map_app_folder(tmp_path / "map_app"), args, env, tmp_path)
     a, b = seg_pair(tmp_path / "out_map", folder_result)
     assert b.sum() > 0 and np.array_equal(a, b)
+
+
+def test_a_lone_torchscript_file_without_the_bundle_code_is_one_clear_error(tmp_path, trained_bundle):
+    """The post-processing names the bundle's own transforms, which a TorchScript file does not carry."""
+    from deploy_app.bundle_info import read_model_metadata
+    from spleenseg.errors import InputError
+
+    model_ts = export_torchscript(trained_bundle, tmp_path / "model.ts")
+    with pytest.raises(InputError, match=r"model.ts: this TorchScript bundle's inference.json uses the bundle's own"):
+        read_model_metadata(model_ts)

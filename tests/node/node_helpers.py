@@ -51,8 +51,9 @@ def free_port() -> int:
 
 
 def write_ct_study(folder: Path, *, study_uid: str | None = None, skip_slice: int | None = None,
-                   patient_id: str = "NODE-TEST-1") -> dict[str, Any]:
-    """Write a tiny, conformant CT series (one file per slice); ``skip_slice`` leaves a gap (broken study)."""
+                   patient_id: str = "NODE-TEST-1", blob: bool = True) -> dict[str, Any]:
+    """Write a tiny, conformant CT series (one file per slice); ``skip_slice`` leaves a gap (broken study);
+    ``blob=False`` leaves the "spleen" out (nothing for the pipeline to find)."""
     folder.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
     series_uid, frame_uid = generate_uid(), generate_uid()
@@ -61,7 +62,7 @@ def write_ct_study(folder: Path, *, study_uid: str | None = None, skip_slice: in
         if k == skip_slice:
             continue
         hu = np.full((SIZE, SIZE), -200, dtype=np.int16)
-        if k in BLOB_SLICES:
+        if blob and k in BLOB_SLICES:
             hu[BLOB_ROWS, BLOB_COLS] = 60
         ds = _ct_slice(hu, k, study_uid, series_uid, frame_uid, patient_id)
         ds.save_as(folder / f"ct_{k:03d}.dcm", enforce_file_format=True)

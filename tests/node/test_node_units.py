@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
+import pydicom
 import pytest
+import requests
 
 from deploy_app.node.__main__ import main
 from deploy_app.node.config import NodeConfig, load_config
@@ -15,10 +18,12 @@ from deploy_app.node.inbox import Inbox, JobRecord, utc_now
 from deploy_app.node.node import DicomNode
 from deploy_app.node.pipeline import PipelineError, PipelineRunner, check_pipeline
 from deploy_app.node.sender import dicom_files
+from deploy_app.node.status import StatusServer
 from spleenseg.errors import InputError
 
 import node_seg_pipeline
-from node_helpers import TEST_PIPELINE, free_port, write_ct_study
+from node_helpers import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, SIZE, SPACING, TEST_PIPELINE, THICKNESS, free_port,
+                          write_ct_study)
 
 
 # ---- config ------------------------------------------------------------------------------------------------
@@ -197,7 +202,7 @@ def test_job_that_failed_sending_can_be_queued_again(tmp_path: Path) -> None:
 
     node._process(job.job_id)
     outbox = node.inbox.job_dir(job.job_id, "outbox")
-    assert [p.name for p in (outbox / "output").iterdir()] == ["seg.dcm"]
+    assert sorted(p.name for p in (outbox / "output").iterdir()) == ["seg.dcm", "spleen_report.json"]
     assert not (outbox / "error.txt").exists()
     record = Inbox.load(outbox)
     assert record.sent == [] and record.send_attempts == 0 and record.error is None
@@ -213,3 +218,62 @@ def test_status_file_is_rewritten_only_when_it_changes(tmp_path: Path) -> None:
     node.write_status()
     assert node.status_path.stat().st_ino != first
     assert json.loads(node.status_path.read_text())["counts"]["receiving"] == 1
+
+
+# ---- results and QA in status; "nothing to send" ------------------------------------------------------------
+def _queued_job(node: DicomNode, ct: dict) -> JobRecord:
+    """A received study turned into a queued job, as the SCP and the ticker make it."""
+    for path in ct["files"]:
+        node.inbox.store(ct["study_uid"], pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID,
+                         path.read_bytes(), "PACS")
+    [job] = node.inbox.take_quiet_studies(quiet_seconds=0)
+    return job
+
+
+def test_status_shows_volume_and_verdict_of_a_finished_job(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ct = write_ct_study(tmp_path / "ct")
+    node = _node(tmp_path)  # no destination: a finished job goes to done/ with its results kept
+    job = _queued_job(node, ct)
+    with caplog.at_level(logging.INFO, logger="deploy_app.node"):
+        node._process(job.job_id)
+    node._send(job.job_id)
+    blob_ml = len(BLOB_SLICES) * len(range(SIZE)[BLOB_ROWS]) * len(range(SIZE)[BLOB_COLS]) \
+        * SPACING * SPACING * THICKNESS / 1000.0
+    expected = {"series_instance_uid": ct["series_uid"], "spleen_volume_ml": pytest.approx(blob_ml),
+                "seg_file": "seg.dcm", "verdict": "ok", "flags": []}
+    node.write_status()
+    server = StatusServer("127.0.0.1", 0, node.status)
+    try:
+        over_http = requests.get(f"http://127.0.0.1:{server.port}/status", timeout=10).json()
+    finally:
+        server.close()
+    for status in (json.loads(node.status_path.read_text()), over_http):
+        [entry] = status["last_results"]
+        assert entry["state"] == "done" and entry["results"] == [expected]
+    finished = [r.getMessage() for r in caplog.records if "finished in" in r.getMessage()]
+    assert len(finished) == 1 and f"series {ct['series_uid']}: spleen {blob_ml:.1f} mL, QA ok" in finished[0]
+
+
+def test_nothing_to_send_is_done_not_failed_and_not_retried(tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    ct = write_ct_study(tmp_path / "ct", blob=False)  # nothing above the threshold: no SEG, exit status 3
+    node = _node(tmp_path, destination={"host": "127.0.0.1", "port": free_port(), "ae_title": "NOBODY"})
+    job = _queued_job(node, ct)
+    with caplog.at_level(logging.INFO, logger="deploy_app.node"):
+        node._process(job.job_id)
+    assert node.inbox.jobs_in("done") == [job.job_id]
+    assert [node.inbox.jobs_in(s) for s in ("queued", "running", "outbox", "failed")] == [[], [], [], []]
+    node._enqueue_new_jobs()
+    assert node._jobs.empty(), "a job with nothing to send is never queued again"
+    done = node.inbox.job_dir(job.job_id, "done")
+    assert dicom_files(done / "output") == [] and (done / "output" / "spleen_report.json").is_file()
+    assert not (done / "error.txt").exists()
+    status = node.status()
+    assert status["counts"]["failed"] == 0 and status["counts"]["sending"] == 0 and status["queue_length"] == 0
+    [entry] = status["last_results"]
+    assert entry["error"] is None and entry["send_attempts"] == 0
+    assert entry["note"].startswith("done, nothing to send (pipeline exit status 3")
+    assert entry["results"] == [{"series_instance_uid": ct["series_uid"], "spleen_volume_ml": 0.0,
+                                 "seg_file": None, "verdict": "no spleen found", "flags": ["no_spleen"]}]
+    [line] = [r for r in caplog.records if "nothing to send" in r.getMessage()]
+    assert line.levelno == logging.WARNING and "no spleen found [no_spleen]" in line.getMessage()
