@@ -6,9 +6,11 @@ interrupted run never leaves a half-written folder or file behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -26,6 +28,7 @@ from spleenseg.dicom.scan import SeriesGroup, is_localizer, read_header, scan_di
 from spleenseg.dicom.seg import load_label_image, read_seg_labels, referenced_series_uids, resample_label_to_image
 from spleenseg.dicom.volume import VolumeInfo, load_series_volume
 from spleenseg.errors import GeometryError, InputError, SpleensegError
+from spleenseg.paths import inside
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +71,8 @@ def group_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, link:
             rel_dir = Path(g.patient_dir) / g.study_dir / g.series_dir
             rel_files = []
             for i, (src, uid) in enumerate(zip(g.files, g.sop_instance_uids)):
-                rel = rel_dir / f"{i:05d}_{uid}.dcm"
-                _place(src, tmp / rel, link)
+                rel = rel_dir / f"{i:05d}_{safe_uid(uid)}.dcm"
+                _place(src, inside(tmp, rel, "file name"), link)
                 rel_files.append(str(rel))
             entry = g.to_dict()
             entry["source_files"] = entry.pop("files")
@@ -91,11 +94,25 @@ def read_manifest(folder: str | os.PathLike) -> list[SeriesGroup]:
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"{folder / MANIFEST}: unreadable manifest ({exc})") from exc
     groups = []
-    for entry in data.get("series", []):
-        g = SeriesGroup.from_dict(entry)
-        g.files = [str(folder / f) for f in entry["files"]]
-        groups.append(g)
+    try:
+        for entry in data.get("series", []):
+            g = SeriesGroup.from_dict(entry)
+            if not g.name or Path(g.name).name != g.name or g.name in (".", ".."):
+                raise InputError(f"{folder / MANIFEST}: series name {g.name!r} is not a plain file name")
+            g.files = [str(inside(folder, f, f"file entry of {folder / MANIFEST}")) for f in entry["files"]]
+            groups.append(g)
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise InputError(f"{folder / MANIFEST}: malformed manifest ({type(exc).__name__}: {exc})") from exc
     return groups
+
+
+def safe_uid(uid: str) -> str:
+    """A UID as a file-name part: the UID itself when it is a well-formed one (digits and dots, <= 64
+    characters), else a deterministic slug plus a hash (a UID is file content and may hold ``/``, ``..``,
+    NUL or hundreds of characters)."""
+    if re.fullmatch(r"[0-9.]{1,64}", uid) and ".." not in uid:
+        return uid
+    return f"{re.sub(r'[^A-Za-z0-9]+', '_', uid)[:40].strip('_')}_{hashlib.sha1(uid.encode('utf-8', 'replace')).hexdigest()[:12]}"
 
 
 # --------------------------------------------------------------------------------------------- to_nifti
