@@ -23,3 +23,12 @@ def inside(root: str | Path, relative: str | Path, what: str = "path") -> Path:
     if target != base and base not in target.parents:
         raise InputError(f"{Path(root) / relative}: {what} {str(relative)!r} leads outside {root}")
     return Path(root) / relative
+
+
+def refuse_output_in_input(in_dir: str | Path, out_dir: str | Path) -> None:
+    """Refuse an output folder that is the input folder or lies inside it (the input must stay unchanged)."""
+    from spleenseg.errors import InputError
+
+    src, out = Path(in_dir).resolve(), Path(out_dir).resolve()
+    if out == src or src in out.parents:
+        raise InputError(f"{out_dir}: output folder must not be inside the input folder {in_dir}")

@@ -24,6 +24,7 @@ from spleenseg.atomic import atomic_dir
 from spleenseg.dicom.nifti import save_nifti, write_json
 from spleenseg.errors import GeometryError, InputError
 from spleenseg.orientation import check_spleen_left, flip_lr_header
+from spleenseg.paths import refuse_output_in_input
 from spleenseg.phantom.anatomy import ORGAN_LABELS
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,8 @@ def build_dataset(images: str | os.PathLike, labels: str | os.PathLike, out: str
     a case labelled 0/1 only is then a spleen-only case, which the training loss treats as such.
     """
     out = Path(out)
+    refuse_output_in_input(images, out)
+    refuse_output_in_input(labels, out)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out}: output folder exists and is not empty; choose a new one")
     pairs, tests = pair_files(images, labels)

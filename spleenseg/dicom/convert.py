@@ -28,7 +28,7 @@ from spleenseg.dicom.scan import SeriesGroup, is_localizer, read_header, scan_di
 from spleenseg.dicom.seg import load_label_image, read_seg_labels, referenced_series_uids, resample_label_to_image
 from spleenseg.dicom.volume import VolumeInfo, load_series_volume
 from spleenseg.errors import GeometryError, InputError, SpleensegError
-from spleenseg.paths import inside
+from spleenseg.paths import inside, refuse_output_in_input
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,7 @@ def group_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, link:
     out = Path(out_dir)
     if not _empty_or_missing(out):
         raise InputError(f"{out}: output folder exists and is not empty; choose a new one")
-    if Path(in_dir).resolve() in out.resolve().parents or Path(in_dir).resolve() == out.resolve():
-        raise InputError(f"{out}: output folder must not be inside the input folder {in_dir}")
+    refuse_output_in_input(in_dir, out)
     groups = scan_dicom(in_dir, workers=workers, progress=progress, slices_per_group=slices_per_group)
     with atomic_dir(out) as tmp:
         entries = []
@@ -159,6 +158,7 @@ def convert_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, res
     others are written, :class:`GeometryError` lists every failure (so the command exits non-zero).
     """
     in_dir = Path(in_dir)
+    refuse_output_in_input(in_dir, out_dir)
     groups = read_manifest(in_dir) if (in_dir / MANIFEST).is_file() else scan_dicom(in_dir, workers=workers,
                                                                                      progress=progress)
     todo = []

@@ -93,7 +93,11 @@ def test_inference_grid_and_left_side_for_ras_lps_oblique(trained_run: TrainRun,
     assert nib.aff2axcodes(variants["lps"].affine) == ("L", "P", "S")
     out = tmp_path / "out"
     _infer(trained_run, out, "--input_dir", str(inputs))
-    assert sorted(p.name for p in out.iterdir()) == [f"{n}_seg.nii.gz" for n in sorted(variants)]
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}_{kind}" for n in variants
+                                                           for kind in ("seg.nii.gz", "qa.json"))
+    for name in ("ras", "lps"):  # the QA dict beside each mask: the spleen found on the patient's left
+        qa = json.loads((out / f"{name}_qa.json").read_text())
+        assert not qa["flags"]["no_spleen"] and not qa["flags"]["candidate_right"], (name, qa["messages"])
 
     preds = {}
     for name, img in variants.items():

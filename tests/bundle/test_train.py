@@ -86,11 +86,17 @@ def test_resume_without_checkpoint_is_an_error(tiny_cohort: Path, tmp_path: Path
 
 
 def test_torchrun_two_processes_one_epoch_on_cpu(tiny_cohort: Path, tmp_path: Path) -> None:
-    out, models = tmp_path / "train", tmp_path / "models"
+    """Also the documented command's default: the best model lands in OUTPUT_DIR/models, never over the
+    shipped ``bundle/models/model.pt``."""
+    out = tmp_path / "train"
+    models = out / "models"
+    shipped = BUNDLE_DIR / "models" / "model.pt"
+    before = shipped.read_bytes() if shipped.is_file() else None
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
     run_bundle(["run", "--config_file", config_arg("train", "multi_gpu_train"), "--dataset_dir", str(tiny_cohort),
-                "--output_dir", str(out), "--ckpt_dir", str(models), "--epochs", "1", "--val_interval", "1",
+                "--output_dir", str(out), "--epochs", "1", "--val_interval", "1",
                 *TRAIN_TINY], launcher=torchrun, timeout=300)
+    assert (shipped.read_bytes() if shipped.is_file() else None) == before
     rows = json.loads((out / "metrics.json").read_text())
     assert [r["epoch"] for r in rows] == [1] and 0.0 <= rows[0]["val_mean_dice"] <= 1.0
     state = torch.load(models / "model.pt", weights_only=True)

@@ -78,3 +78,21 @@ def test_malformed_manifest_is_one_clear_error(tmp_path, tiny_dicom_series):
     proc = _prepare("to_nifti", str(grouped), str(tmp_path / "nifti"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "manifest.json: malformed manifest" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["to_nifti", "dataset"])
+@pytest.mark.parametrize("where", ["same", "inside"])
+def test_output_in_the_input_folder_is_refused(tmp_path, tiny_dicom_series, command, where):
+    if command == "to_nifti":
+        src = tiny_dicom_series.folder
+        args = [str(src)]
+    else:  # an MSD-style images/labels pair of folders
+        src = tmp_path / "images"
+        assert _prepare("to_nifti", str(tiny_dicom_series.folder), str(src)).returncode == 0
+        args = [str(src), str(src)]
+    out = src if where == "same" else src / "out"
+    before = {p: p.read_bytes() for p in _files_under(src)}
+    proc = _prepare(command, *args, str(out))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "output folder must not be inside the input folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert {p: p.read_bytes() for p in _files_under(src)} == before and not (src / "out").exists()
