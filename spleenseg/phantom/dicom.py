@@ -14,6 +14,7 @@ options, so readers can be tested against them.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -44,6 +45,18 @@ def phantom_uid(*parts: object) -> str:
     return generate_uid(entropy_srcs=["spleenseg-phantom", *[str(p) for p in parts]])
 
 
+def phantom_fingerprint(ph: "Phantom") -> str:
+    """A short hash of everything that makes a phantom: its spec (every generator parameter), grid and pixels.
+
+    Why: UIDs derived from the seed alone are shared by two different phantoms with the same seed, and a PACS
+    then keeps the pixels of whichever arrived first.
+    """
+    digest = hashlib.sha1(repr(ph.spec).encode())
+    digest.update(np.asarray(ph.affine, np.float64).round(6).tobytes())
+    digest.update(np.ascontiguousarray(ph.image).tobytes())
+    return digest.hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class StudyIds:
     """Who and which study a series belongs to. Defaults derive from the phantom seed."""
@@ -60,15 +73,17 @@ class StudyIds:
 
     @classmethod
     def for_seed(cls, seed: int, patient_id: str | None = None, patient_name: str | None = None,
-                 study_uid: str | None = None) -> "StudyIds":
+                 study_uid: str | None = None, fingerprint: str = "") -> "StudyIds":
+        """Patient and study attributes of a phantom; ``fingerprint`` (:func:`phantom_fingerprint`) makes the
+        UIDs differ between phantoms that share a seed but not their other parameters."""
         day = _dt.date(2021, 1, 4) + _dt.timedelta(days=int(seed) % 1400)
         rng = np.random.default_rng([int(seed), 99])
         pid = patient_id if patient_id is not None else f"PHANTOM{seed:05d}"
         return cls(
             patient_id=pid,
             patient_name=patient_name if patient_name is not None else f"Phantom^{seed:05d}",
-            study_uid=study_uid or phantom_uid(pid, seed, "study"),
-            frame_of_reference_uid=phantom_uid(pid, seed, study_uid, "for"),
+            study_uid=study_uid or phantom_uid(pid, seed, fingerprint, "study"),
+            frame_of_reference_uid=phantom_uid(pid, seed, fingerprint, study_uid, "for"),
             study_date=day.strftime("%Y%m%d"),
             study_time=f"{int(rng.integers(7, 19)):02d}{int(rng.integers(0, 60)):02d}{int(rng.integers(0, 60)):02d}",
             accession=f"A{int(rng.integers(10**6, 10**7))}",
@@ -270,7 +285,7 @@ def write_dicom_series(
     """
     out_dir = ensure_writable_dir(Path(out_dir))
     spec = ph.spec
-    ids = StudyIds.for_seed(spec.seed, patient_id, patient_name, study_uid)
+    ids = StudyIds.for_seed(spec.seed, patient_id, patient_name, study_uid, phantom_fingerprint(ph))
     series_uid = series_uid or phantom_uid(ids.study_uid, series_number, orientation, feet_first, "series")
     vol, aff = stack_geometry(ph, orientation, feet_first)
     row_dir, col_dir, normal = _unit(aff[:3, 0]), _unit(aff[:3, 1]), _unit(aff[:3, 2])
@@ -340,7 +355,7 @@ def write_scout(ph: Phantom, out_dir: str | Path, *, patient_id: str | None = No
     """
     out_dir = ensure_writable_dir(Path(out_dir))
     spec = ph.spec
-    ids = StudyIds.for_seed(spec.seed, patient_id, patient_name, study_uid)
+    ids = StudyIds.for_seed(spec.seed, patient_id, patient_name, study_uid, phantom_fingerprint(ph))
     series_uid = phantom_uid(ids.study_uid, series_number, "scout")
     mu = np.clip(ph.image.astype(np.float32) + 1000.0, 0, None).sum(axis=1) * ph.spacing[1] / 1000.0
     proj = mu[:, ::-1].T  # rows: head -> feet, columns: patient's right -> left
@@ -376,7 +391,7 @@ def write_non_ct_series(ph: Phantom, out_dir: str | Path, *, patient_id: str | N
     """A Secondary Capture (Modality OT) key image in the same study, as scanners add for dose reports."""
     out_dir = ensure_writable_dir(Path(out_dir))
     spec = ph.spec
-    ids = StudyIds.for_seed(spec.seed, patient_id, patient_name, study_uid)
+    ids = StudyIds.for_seed(spec.seed, patient_id, patient_name, study_uid, phantom_fingerprint(ph))
     series_uid = phantom_uid(ids.study_uid, series_number, "sc")
     k = int(np.argwhere(ph.label > 0)[:, 2].mean()) if ph.label.any() else ph.image.shape[2] // 2
     window = np.clip((ph.image[:, :, k].T.astype(np.float32) + 160.0) / 400.0 * 255.0, 0, 255)

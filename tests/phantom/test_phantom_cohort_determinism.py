@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 
 from spleenseg.phantom import PhantomSpec, make_cohort, make_phantom, random_spec, write_dicom_series, write_nifti
 
@@ -59,3 +60,19 @@ def test_tiny_cohort_layout(tiny_cohort: Path) -> None:
         case = Path(entry["image"]).name.removesuffix(".nii.gz")
         spec = PhantomSpec.from_dict(meta["cases"][case]["spec"])
         np.testing.assert_allclose(make_phantom(spec).affine, img.affine, atol=1e-5)
+
+
+def _uids(path: Path) -> tuple[str, str, str, str]:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.FrameOfReferenceUID
+
+
+def test_phantoms_sharing_a_seed_but_not_their_parameters_share_no_uid(tmp_path: Path) -> None:
+    """A PACS keeps the first copy of a UID: two different phantoms must never share one."""
+    small = write_dicom_series(make_phantom(random_spec(1, shape=(40, 36, 12))), tmp_path / "small")
+    native = write_dicom_series(make_phantom(random_spec(1, shape=(40, 36, 12), phase="native")),
+                                tmp_path / "native")
+    small_again = write_dicom_series(make_phantom(random_spec(1, shape=(40, 36, 12))), tmp_path / "again")
+    assert _uids(small[0]) == _uids(small_again[0])  # same phantom, same UIDs
+    for a, b in zip(small, native):
+        assert not set(_uids(a)) & set(_uids(b))
