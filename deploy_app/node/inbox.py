@@ -202,14 +202,21 @@ class Inbox:
         with self._lock:
             for study_dir in sorted(p for p in self.incoming.iterdir() if p.is_dir() and p != self.tmp):
                 if _count_instances(study_dir) == 0 and not (study_dir / OWN_RESULT_MARKER).exists():
-                    study_dir.rmdir()
+                    if any(study_dir.iterdir()):  # only stray files, no instance: keep them for a human
+                        self.quarantine(study_dir, "incoming study folder holds no DICOM instance, only other files")
+                    else:
+                        study_dir.rmdir()
                     continue
                 self._last_arrival[study_dir.name] = now
                 log.info("study %s: resuming, %d instances already received", study_dir.name,
                          _count_instances(study_dir))
         for job_dir in sorted((self.root / "running").iterdir()):
             shutil.rmtree(job_dir / "output.partial", ignore_errors=True)
-            job = self.load(job_dir)
+            try:
+                job = self.load(job_dir)
+            except (OSError, ValueError, TypeError) as exc:
+                self.quarantine(job_dir, f"unreadable job.json after a restart ({type(exc).__name__}: {exc})")
+                continue
             if (job_dir / "output").is_dir():
                 job.state = "outbox"
                 self.save(job, job_dir)
@@ -221,6 +228,25 @@ class Inbox:
             self.save(job, job_dir)
             os.rename(job_dir, self.root / "queued" / job_dir.name)
             log.warning("study %s: job %s was interrupted while running; queued again", job.study_uid, job.job_id)
+
+    def quarantine(self, folder: Path, reason: str) -> Path | None:
+        """Move a spool entry the node cannot use to ``failed/`` with ``error.txt``, and go on.
+
+        Why: one damaged folder or record must neither stop the node from starting nor block every later job;
+        it is kept (never deleted) for a human, with the reason.
+        """
+        dst = self.root / "failed" / folder.name
+        n = 1
+        while dst.exists():
+            dst, n = self.root / "failed" / f"{folder.name}.{n}", n + 1
+        try:
+            os.rename(folder, dst)
+            (dst / "error.txt").write_text(reason + "\n")
+        except OSError as exc:
+            log.error("%s: %s; cannot move it to failed/ (%s)", folder, reason, exc)
+            return None
+        log.error("%s: %s; moved to %s", folder, reason, dst)
+        return dst
 
     def jobs_in(self, state: str) -> list[str]:
         return sorted(p.name for p in (self.root / state).iterdir() if p.is_dir())

@@ -289,7 +289,12 @@ class DicomNode:
             self._wake_sender.clear()
 
     def _send(self, job_id: str) -> None:
-        job = self.inbox.load(self.inbox.job_dir(job_id, "outbox"))
+        job_dir = self.inbox.job_dir(job_id, "outbox")
+        try:
+            job = self.inbox.load(job_dir)
+        except (OSError, ValueError, TypeError) as exc:  # one damaged record must not block every later send
+            self.inbox.quarantine(job_dir, f"unreadable job.json in outbox/ ({type(exc).__name__}: {exc})")
+            return
         if job.state == "failed":  # an operator moved it back from failed/ to retry: give it fresh attempts
             job.send_attempts = 0
             self._next_send.pop(job_id, None)

@@ -107,6 +107,29 @@ def test_recover_after_a_crash(tmp_path: Path) -> None:
     assert restarted.jobs_in("running") == []
 
 
+def test_a_damaged_spool_is_quarantined_and_the_node_starts(tmp_path: Path) -> None:
+    """An empty job.json in running/ and a stray non-DICOM file in incoming/<uid>/ go to failed/ with a reason;
+    the good job beside them is recovered as usual."""
+    inbox = Inbox(tmp_path)
+    inbox.store("1.2.4", "1.2.4.1", b"a", "PACS")
+    inbox.store("1.2.5", "1.2.5.1", b"a", "PACS")
+    broken, good = inbox.take_quiet_studies(0)
+    for job in (broken, good):
+        inbox.move(job, "running")
+    (inbox.job_dir(broken) / "job.json").write_text("")
+    stray = tmp_path / "incoming" / "1.2.9"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("not DICOM")
+
+    restarted = Inbox(tmp_path)
+    restarted.recover()
+    assert restarted.jobs_in("queued") == [good.job_id]
+    assert sorted(restarted.jobs_in("failed")) == sorted([broken.job_id, "1.2.9"])
+    assert "unreadable job.json" in (tmp_path / "failed" / broken.job_id / "error.txt").read_text()
+    assert "no DICOM instance" in (tmp_path / "failed" / "1.2.9" / "error.txt").read_text()
+    assert (tmp_path / "failed" / "1.2.9" / "notes.txt").read_text() == "not DICOM"  # kept, never deleted
+
+
 # ---- pipeline runner ---------------------------------------------------------------------------------------
 def _runner(tmp_path: Path, func: object, timeout: float = 60, **options: object) -> tuple[PipelineRunner, Path]:
     job = tmp_path / "job"
@@ -161,6 +184,22 @@ def _job_with_output(node: DicomNode, state: str, files: list[Path], **fields: o
         shutil.copy(f, node.inbox.job_dir(job) / "output")
     node.inbox.save(job)
     return job
+
+
+def test_a_corrupt_outbox_record_does_not_block_later_sends(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    seg = tmp_path / "seg.dcm"
+    seg.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 10)
+    bad = _job_with_output(node, "outbox", [seg])
+    (node.inbox.job_dir(bad) / "job.json").write_text("{not json")
+    good = JobRecord("20260101T000001-1.2.4", "1.2.4", 1, ["PACS"], utc_now(), state="outbox")
+    (node.inbox.job_dir(good) / "output").mkdir(parents=True)
+    node.inbox.save(good)
+    for job_id in node.inbox.jobs_in("outbox"):  # what the sender loop does on each tick
+        node._send(job_id)
+    assert node.inbox.jobs_in("failed") == [bad.job_id]
+    assert "unreadable job.json in outbox/" in (node.inbox.root / "failed" / bad.job_id / "error.txt").read_text()
+    assert node.inbox.jobs_in("outbox") == [] and node.inbox.jobs_in("done") == [good.job_id]
 
 
 def test_result_uids_are_recorded_before_sending(tmp_path: Path) -> None:
