@@ -74,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.echo:
             return _echo(config)
+        new_spool = not Path(config.work_dir).exists()
         setup_logging(config.log_level, Path(config.work_dir) / "node.log")
+        if new_spool:  # never silently: a wrong or missing --work-dir would otherwise go unnoticed
+            logging.getLogger("deploy_app.node").warning("spool folder %s does not exist; creating it",
+                                                         Path(config.work_dir).resolve())
         from deploy_app.node.node import DicomNode
 
         DicomNode(config).serve_forever()

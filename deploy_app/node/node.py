@@ -17,14 +17,14 @@ import threading
 import time
 from typing import Any
 
-from deploy_app.node.config import NodeConfig
+from deploy_app.node.config import DEFAULT_PIPELINE, NodeConfig
 from deploy_app.node.inbox import OWN_RESULT_MARKER, Inbox, JobRecord, utc_now
 from deploy_app.node.pipeline import Pipeline, PipelineError, PipelineRunner
 from deploy_app.node.scp import start_scp
 from deploy_app.node.sender import SendError, dicom_files, echo, read_headers, send_files
 from deploy_app.node.status import StatusServer, build_status, describe_results, report_results, write_status
 from deploy_app.runner import EXIT_NO_RESULT
-from spleenseg.errors import SpleensegError
+from spleenseg.errors import InputError, SpleensegError
 
 log = logging.getLogger("deploy_app.node")
 TICK_SECONDS = 0.5
@@ -55,17 +55,34 @@ class DicomNode:
 
     # ---- life cycle --------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Recover the spool, then start receiving, processing and sending."""
+        """Check the model, recover the spool, then start receiving, processing and sending."""
+        self._check_model()
         self.inbox.recover()
         self._enqueue_new_jobs()
-        self._server = start_scp(self.config, self.inbox)
+        try:
+            self._server = start_scp(self.config, self.inbox)
+        except OSError as exc:
+            raise InputError(f"cannot listen for DICOM on {self.config.bind_address}:{self.config.port} "
+                             f"({exc.strerror or exc})") from exc
         self._spawn(self._ticker, "ticker")
         for i in range(self.config.workers):
             self._spawn(self._worker, f"worker-{i}")
         self._spawn(self._sender, "sender")
         if self.config.status_port is not None:
-            self._http = StatusServer(self.config.status_bind_address, self.config.status_port, self.status)
+            try:
+                self._http = StatusServer(self.config.status_bind_address, self.config.status_port, self.status)
+            except OSError as exc:
+                self.stop()
+                raise InputError(f"cannot serve the status on {self.config.status_bind_address}:"
+                                 f"{self.config.status_port} ({exc.strerror or exc})") from exc
         self.write_status()
+
+    def _check_model(self) -> None:
+        """Fail at start-up, not on every study, when the app's model path is not a usable bundle."""
+        if self.config.model_path and self.runner.pipeline == DEFAULT_PIPELINE:
+            from deploy_app.bundle_info import read_model_metadata, resolve_model_path  # light: no torch
+
+            read_model_metadata(resolve_model_path(self.config.model_path))
 
     def stop(self) -> None:
         """Stop accepting, stop running pipelines (their studies are re-run on the next start), join threads."""

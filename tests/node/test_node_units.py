@@ -165,6 +165,25 @@ def test_pipeline_that_cannot_be_found_fails_at_start_up() -> None:
         check_pipeline(lambda *a: None)
 
 
+def test_start_up_checks_model_and_ports_with_one_line_each(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A misspelt model and a busy port stop the node at start-up with one line naming them; a missing spool
+    folder is created with a WARNING that names it."""
+    import socket
+
+    base = ["--work-dir", str(tmp_path / "spool"), "--allowed-calling-aets", "PACS", "--port", str(free_port())]
+    assert main([*base, "--model", str(tmp_path / "bundel")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: {tmp_path / 'bundel'}: model path does not exist"
+    assert any(f"spool folder {tmp_path / 'spool'} does not exist; creating it" in line for line in err)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main([*base, "--status-port", str(port)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"error: cannot serve the status on 127.0.0.1:{port} (")
+
+
 def test_only_dicom_files_are_sent(tmp_path: Path) -> None:
     (tmp_path / "spleen_report.json").write_text("{}")
     (tmp_path / "seg.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 10)
