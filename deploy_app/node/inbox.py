@@ -38,6 +38,8 @@ log = logging.getLogger("deploy_app.node")
 STATES = ("queued", "running", "outbox", "done", "failed")
 #: Marker left in a study folder when the sender included a result this node produced (see ``note_own_result``).
 OWN_RESULT_MARKER = ".contains_own_result"
+#: Wait before trying again to queue a study whose folder could not be moved (e.g. disk full).
+QUEUE_RETRY_SECONDS = 30.0
 _SAFE_UID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,63}")
 
 
@@ -156,16 +158,34 @@ class Inbox:
             for study_uid, last in sorted(self._last_arrival.items(), key=lambda kv: kv[1]):
                 if now - last < quiet_seconds:
                     continue
-                job = self._new_job(study_uid)
-                jobs.append(job)
+                try:
+                    jobs.append(self._new_job(study_uid))
+                except OSError as exc:  # one bad study folder must not stop the others from being queued
+                    self._not_queued(study_uid, exc)
         return jobs
+
+    def _not_queued(self, study_uid: str, exc: OSError) -> None:
+        """A study that could not be moved to ``queued/``: dropped when its folder is gone, else retried after
+        :data:`QUEUE_RETRY_SECONDS` (a full disk must not become a hot loop). Called with the lock held."""
+        if not (self.incoming / study_uid).is_dir():
+            log.error("study %s: its folder incoming/%s disappeared before it was queued (%s); nothing to process",
+                      study_uid, study_uid, exc)
+            self._last_arrival.pop(study_uid, None)
+            self._callers.pop(study_uid, None)
+            return
+        log.error("study %s: cannot be queued (%s); retrying in %.0f s", study_uid, exc, QUEUE_RETRY_SECONDS)
+        self._last_arrival[study_uid] = time.monotonic() + QUEUE_RETRY_SECONDS
 
     def _new_job(self, study_uid: str) -> JobRecord:
         """Move ``incoming/<study>`` to ``queued/<job>/input``. Called with the lock held."""
         job_id = self._unique_job_id(study_uid)
         job_dir = self.root / "queued" / job_id
         job_dir.mkdir()
-        os.rename(self.incoming / study_uid, job_dir / "input")
+        try:
+            os.rename(self.incoming / study_uid, job_dir / "input")
+        except OSError:
+            job_dir.rmdir()  # never leave an empty queued/<job> behind
+            raise
         callers = sorted(self._callers.pop(study_uid, set()) or {"(before restart)"})
         del self._last_arrival[study_uid]
         job = JobRecord(job_id, study_uid, _count_instances(job_dir / "input"), callers, utc_now())

@@ -84,6 +84,19 @@ def test_store_quiet_time_and_resend_of_same_instance(tmp_path: Path) -> None:
     assert list((tmp_path / "incoming" / ".tmp").iterdir()) == []
 
 
+def test_a_study_folder_that_vanished_does_not_stall_the_queue(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    inbox = Inbox(tmp_path)
+    inbox.store("1.2.3", "1.2.3.1", b"a", "PACS")
+    inbox.store("1.2.4", "1.2.4.1", b"a", "PACS")
+    shutil.rmtree(tmp_path / "incoming" / "1.2.3")  # deleted by hand, or lost
+    with caplog.at_level(logging.ERROR, logger="deploy_app.node"):
+        [job] = inbox.take_quiet_studies(0)
+    assert job.study_uid == "1.2.4" and inbox.jobs_in("queued") == [job.job_id]  # no empty queued/<job> left
+    assert "study 1.2.3: its folder incoming/1.2.3 disappeared" in caplog.text
+    assert inbox.take_quiet_studies(0) == [] and inbox.receiving() == {}  # dropped once, not retried each tick
+
+
 def test_recover_after_a_crash(tmp_path: Path) -> None:
     inbox = Inbox(tmp_path)
     inbox.store("1.2.4", "1.2.4.1", b"a", "PACS")
