@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ REPORT_NAME = "spleen_report.json"
 #: Exit status of ``python -m deploy_app`` (and of the DICOM node's pipeline process) when the run finished but no
 #: selected series produced a SEG (no spleen found): nothing to send, not a failure.
 EXIT_NO_RESULT = 3
+#: In each staging folder: "<host> <pid>" of the run that owns it, so a later run can remove it if that run died.
+OWNER_FILE = ".owner"
 
 
 @dataclass
@@ -61,7 +65,45 @@ def _staging_dir(output_dir: Path) -> Path:
     """
     ensure_writable_dir(output_dir if output_dir.exists() else output_dir.parent)
     parent = output_dir if output_dir.is_dir() else output_dir.parent
-    return Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=parent))
+    prefix = f".{output_dir.name}.partial-"
+    _remove_stale_staging(parent, prefix)
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    (staging / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    return staging
+
+
+_active_staging: list[Path] = []  # the staging folders of runs in progress in this process
+
+
+def abandon_staging() -> None:
+    """Remove the staging folders of the runs in progress (called on SIGTERM / Ctrl-C before the process ends)."""
+    for folder in list(_active_staging):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_stale_staging(parent: Path, prefix: str) -> None:
+    """Remove staging folders left by runs that died (SIGKILL, power loss): their owner process is gone.
+
+    A folder whose owner is alive, on another host, or unknown is left alone.
+    """
+    for folder in parent.glob(prefix + "*"):
+        try:
+            host, pid = (folder / OWNER_FILE).read_text().split()
+        except (OSError, ValueError):
+            continue
+        if host == socket.gethostname() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed %s, left by a run (pid %s) that did not finish", folder, pid)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, model_path: str | os.PathLike, *,
@@ -81,6 +123,7 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, model_path:
     model_path = resolve_model_path(model_path)
     model = model_identity(read_model_metadata(model_path))  # fail fast, before any output exists
     staging = _staging_dir(output_dir)
+    _active_staging.append(staging)
     try:
         options = AppOptions(input_dir=input_dir, output_dir=staging, model_path=model_path, model=model,
                              rules_path=Path(rules) if rules else None, all_series=all_series, stl=stl,
@@ -94,11 +137,16 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, model_path:
         report_file.write_text(json.dumps(report, indent=2, default=str))
         output_dir.mkdir(parents=True, exist_ok=True)
         moved = []
-        for item in sorted(staging.iterdir()):
-            os.replace(item, output_dir / item.name)
-            moved.append(output_dir / item.name)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # all files or none
+        try:
+            for item in sorted(p for p in staging.iterdir() if p.name != OWNER_FILE):
+                os.replace(item, output_dir / item.name)
+                moved.append(output_dir / item.name)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        _active_staging.remove(staging)
     seg_files = [output_dir / e["seg_file"] for e in report["series"] if e["seg_file"]]
     log.info("done in %.1f s: %s", report["run_time_s"], ", ".join(p.name for p in moved))
     if not seg_files:
