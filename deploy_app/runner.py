@@ -8,6 +8,9 @@ half-written results, and the input folder is never written to.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
+import fcntl
 import json
 import logging
 import os
@@ -18,8 +21,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from spleenseg import __version__
 from spleenseg.atomic import ensure_writable_dir
 from spleenseg.errors import InputError
 
@@ -54,6 +58,41 @@ def _check_paths(input_dir: Path, output_dir: Path) -> None:
     if out == inp or inp in out.parents:
         raise InputError(f"{output_dir}: the output folder must not be inside the input folder {input_dir} "
                          f"(the input is never written to)")
+
+
+def merge_reports(existing: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` plus the series entries of an earlier run's report in the same folder that it does not redo.
+
+    Why: two runs into one output folder (one after the other, or in parallel) must not lose the first run's
+    results; a series segmented again replaces its earlier entry, as its SEG file does. The top-level fields
+    describe the latest run. An unreadable earlier report is kept aside as ``spleen_report.json.unreadable``.
+    """
+    if not existing.is_file():
+        return report
+    try:
+        earlier = json.loads(existing.read_text())["series"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: unreadable earlier report (%s); kept as %s.unreadable", existing, exc, existing.name)
+        os.replace(existing, existing.with_name(existing.name + ".unreadable"))
+        return report
+    redone = {e.get("series_instance_uid") for e in report["series"]}
+    kept = [e for e in earlier if e.get("series_instance_uid") not in redone]
+    return {**report, "series": kept + report["series"]}
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (``flock`` on the directory itself, so no lock file is left in it)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _staging_dir(output_dir: Path) -> Path:
@@ -134,14 +173,19 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, model_path:
             raise RuntimeError(f"the pipeline finished without writing {REPORT_NAME}; nothing was written")
         report = json.loads(report_file.read_text())
         report["run_time_s"] = round(time.perf_counter() - start, 3)  # end to end; only added here
-        report_file.write_text(json.dumps(report, indent=2, default=str))
+        report.update(app_version=__version__, created_at=_utc_now(), input_dir=str(input_dir.resolve()))
+        for entry in report["series"]:
+            entry.update(created_at=report["created_at"], input_dir=report["input_dir"])
         output_dir.mkdir(parents=True, exist_ok=True)
         moved = []
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # all files or none
         try:
-            for item in sorted(p for p in staging.iterdir() if p.name != OWNER_FILE):
-                os.replace(item, output_dir / item.name)
-                moved.append(output_dir / item.name)
+            with _locked(output_dir):  # another run into the same folder merges its report after this one
+                merged = merge_reports(output_dir / REPORT_NAME, report)
+                report_file.write_text(json.dumps(merged, indent=2, default=str))
+                for item in sorted(p for p in staging.iterdir() if p.name != OWNER_FILE):
+                    os.replace(item, output_dir / item.name)
+                    moved.append(output_dir / item.name)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
     finally:

@@ -51,3 +51,27 @@ def test_sigterm_during_a_run_leaves_no_staging_folder(tmp_path: Path, small_ser
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert err.strip().splitlines()[-1] == "error: interrupted by signal 15; nothing was written to the output folder"
     assert list(out.iterdir()) == []
+
+
+def test_two_runs_into_one_output_folder_keep_both_reports(tmp_path: Path, small_series, fast_bundle) -> None:
+    """The second run's report lists the first run's series too; a series run again replaces its entry."""
+    import json
+
+    import deploy_app
+    import pydicom
+    from deploy_helpers import PATIENT_A_SEED, cropped_phantom
+    from spleenseg.phantom import write_dicom_series
+
+    other = write_dicom_series(cropped_phantom(PATIENT_A_SEED), tmp_path / "in2")
+    uids = [str(pydicom.dcmread(p[0], stop_before_pixels=True).SeriesInstanceUID) for p in (small_series, other)]
+    out = tmp_path / "out"
+    deploy_app.run(tmp_path / "in", out, fast_bundle)
+    second = deploy_app.run(tmp_path / "in2", out, fast_bundle)
+    report = json.loads((out / "spleen_report.json").read_text())
+    assert [e["series_instance_uid"] for e in report["series"]] == uids
+    assert [e["input_dir"] for e in report["series"]] == [str((tmp_path / d).resolve()) for d in ("in", "in2")]
+    assert [e["series_instance_uid"] for e in second.report["series"]] == uids[1:]  # the run's own result
+    assert report["app_version"] and report["created_at"] and report["input_dir"] == str((tmp_path / "in2").resolve())
+    deploy_app.run(tmp_path / "in", out, fast_bundle)  # the first series again: replaced, not duplicated
+    report = json.loads((out / "spleen_report.json").read_text())
+    assert [e["series_instance_uid"] for e in report["series"]] == uids[::-1]
