@@ -30,6 +30,7 @@ from monai.deploy.core.domain.dicom_series import DICOMSeries
 from monai.deploy.core.domain.dicom_study import DICOMStudy
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 from spleenseg.dicom.decode import check_decodable, read_file
+from spleenseg.dicom.header_checks import repair_optional, unusable_reason
 from spleenseg.dicom.scan import header_from_dataset, list_files
 from spleenseg.dicom.volume import detached_copy
 from spleenseg.errors import InputError
@@ -58,6 +59,11 @@ def read_instance(path: str) -> pydicom.Dataset | None:
     if "PixelData" not in ds:
         log.info("%s: skipped, no pixel data (SOP class %s)", path, _uid(ds, "SOPClassUID") or "?")
         return None
+    reason = unusable_reason(ds)
+    if reason is not None:
+        log.warning("%s: skipped, %s", path, reason)
+        ds.skip_reason = reason
+        return ds
     check_decodable(ds, path)  # a missing JPEG 2000/JPEG-LS decoder is fatal, with the package to install
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is not None and not syntax.is_compressed:
@@ -139,15 +145,26 @@ class CheckedDICOMDataLoaderOperator(DICOMDataLoaderOperator):
     def _load_data(self, files: list[str]) -> list[DICOMStudy]:
         datasets = []
         seen: dict[str, str] = {}
+        skipped: list[str] = []
+        blanked: dict[str, int] = defaultdict(int)
         for path in files:
             ds = read_instance(path)
+            if ds is not None and getattr(ds, "skip_reason", None):
+                skipped.append(f"{path}: {ds.skip_reason}")
+                continue
             if ds is None or not fill_instance_uids(ds, path):
                 continue
+            for value in repair_optional(ds):  # in memory only: the SEG must not copy an invalid value
+                blanked[value] += 1
             if ds.SOPInstanceUID in seen:
                 log.warning("%s: skipped, same SOP Instance UID as %s", path, seen[ds.SOPInstanceUID])
                 continue
             seen[ds.SOPInstanceUID] = path
             datasets.append(ds)
+        for value, count in blanked.items():
+            log.warning("%s in %d file(s) is not valid DICOM; left empty in the SEG and the report", value, count)
+        if not datasets and skipped:
+            raise InputError(f"no usable DICOM image: {len(skipped)} file(s) skipped, e.g. {skipped[0]}")
         generated = fill_study_series_uids(datasets, self._allow_generated_uids)
         return self._group(datasets, generated)
 
