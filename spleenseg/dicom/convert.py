@@ -145,6 +145,8 @@ def _convert_job(args: tuple[SeriesGroup, str, bool]) -> tuple[str, str | None, 
         return group.name, convert_group(group, out_dir, resample), None
     except SpleensegError as exc:
         return group.name, None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - one damaged series must not stop the others; all are listed
+        return group.name, None, f"series {group.name}: {type(exc).__name__}: {exc}"
 
 
 def convert_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, resample: bool = False,

@@ -46,9 +46,13 @@ def _numbers(text: str | None) -> list[float] | None:
         return []
 
 
-def unusable_reason(ds: pydicom.Dataset) -> str | None:
-    """Why this image instance cannot be used as CT pixels, or ``None``."""
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+def unusable_reason(ds: pydicom.Dataset, check_uids: bool = True) -> str | None:
+    """Why this image instance cannot be used as CT pixels, or ``None``.
+
+    ``check_uids``: also refuse UIDs that are not digits and dots (a SEG that references them is invalid; the
+    converter, which writes no DICOM, only uses them through sanitised file names).
+    """
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if check_uids else ():
         uid = _raw(ds, keyword)
         if uid and not _UID.fullmatch(uid):
             return f"{keyword} '{uid[:80]}' is not a valid DICOM UID (digits and dots, at most 64 characters)"

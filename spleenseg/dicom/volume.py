@@ -38,6 +38,7 @@ from spleenseg.dicom.scan import (
     list_files,
     normal_of,
 )
+from spleenseg.dicom.header_checks import unusable_reason
 from spleenseg.errors import GeometryError, InputError
 
 log = logging.getLogger(__name__)
@@ -327,6 +328,10 @@ def load_series_volume(source: SeriesSource, *, resample: bool = False, info: Vo
     info.n_files = len(pairs)
     info.slice_sources = []
     pairs = [(p, _repair_uids(ds, p)) for p, ds in pairs]
+    for path, ds in pairs:
+        reason = unusable_reason(ds, check_uids=False)
+        if reason is not None:
+            raise InputError(f"series {label}: {path}: {reason}")
     if len(pairs) == 1 and is_mosaic(pairs[0][1]):
         info.sorted_by = "Siemens mosaic order (CSA header), via nibabel"
         return _mosaic_volume(pairs[0][0], pairs[0][1], label)
