@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import warnings
 from typing import NoReturn
@@ -77,21 +76,6 @@ def quiet_known_noise() -> None:
     warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
 
 
-def _interrupted(signum: int, frame: object) -> None:
-    """SIGTERM / Ctrl-C: remove the run's staging folder, say so, and end now.
-
-    Why not unwind: the signal arrives while Holoscan's executor runs the graph, and an exception raised there
-    does not end the run. Results are only ever moved into the output folder at the very end, so removing the
-    staging folder leaves that folder as it was before the run.
-    """
-    from deploy_app.runner import abandon_staging
-
-    abandon_staging()
-    print(f"error: interrupted by signal {signum}; nothing was written to the output folder", file=sys.stderr)
-    sys.stderr.flush()
-    os._exit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the app; map errors to exit codes."""
     args = parse_args(argv)
@@ -102,8 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Current stack size")  # harmless on CPU, see the README, "Deployment"
     from deploy_app.runner import run
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _interrupted)
     try:
         result = run(args.input, args.output, args.model, rules=args.rules, all_series=args.all_series,
                      stl=args.stl, nifti=args.nifti, allow_generated_uids=args.generate_missing_uids)

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import tempfile
 import time
@@ -111,15 +110,6 @@ def _staging_dir(output_dir: Path) -> Path:
     return staging
 
 
-_active_staging: list[Path] = []  # the staging folders of runs in progress in this process
-
-
-def abandon_staging() -> None:
-    """Remove the staging folders of the runs in progress (called on SIGTERM / Ctrl-C before the process ends)."""
-    for folder in list(_active_staging):
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def _remove_stale_staging(parent: Path, prefix: str) -> None:
     """Remove staging folders left by runs that died (SIGKILL, power loss): their owner process is gone.
 
@@ -162,7 +152,6 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, model_path:
     model_path = resolve_model_path(model_path)
     model = model_identity(read_model_metadata(model_path))  # fail fast, before any output exists
     staging = _staging_dir(output_dir)
-    _active_staging.append(staging)
     try:
         options = AppOptions(input_dir=input_dir, output_dir=staging, model_path=model_path, model=model,
                              rules_path=Path(rules) if rules else None, all_series=all_series, stl=stl,
@@ -178,19 +167,14 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, model_path:
             entry.update(created_at=report["created_at"], input_dir=report["input_dir"])
         output_dir.mkdir(parents=True, exist_ok=True)
         moved = []
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # all files or none
-        try:
-            with _locked(output_dir):  # another run into the same folder merges its report after this one
-                merged = merge_reports(output_dir / REPORT_NAME, report)
-                report_file.write_text(json.dumps(merged, indent=2, default=str))
-                for item in sorted(p for p in staging.iterdir() if p.name != OWNER_FILE):
-                    os.replace(item, output_dir / item.name)
-                    moved.append(output_dir / item.name)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        with _locked(output_dir):  # another run into the same folder merges its report after this one
+            merged = merge_reports(output_dir / REPORT_NAME, report)
+            report_file.write_text(json.dumps(merged, indent=2, default=str))
+            for item in sorted(p for p in staging.iterdir() if p.name != OWNER_FILE):
+                os.replace(item, output_dir / item.name)
+                moved.append(output_dir / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        _active_staging.remove(staging)
     seg_files = [output_dir / e["seg_file"] for e in report["series"] if e["seg_file"]]
     log.info("done in %.1f s: %s", report["run_time_s"], ", ".join(p.name for p in moved))
     if not seg_files:
