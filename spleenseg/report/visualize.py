@@ -64,6 +64,25 @@ def run_bundle_inference(images: list[Path], out_dir: Path, ckpt: Path, **overri
     return {img: out_dir / f"{stem[img]}_seg.nii.gz" for img in images}
 
 
+def _switch(value: Any, name: str) -> bool:
+    from monai.utils import str2bool
+
+    try:
+        return str2bool(str(value))
+    except ValueError as exc:
+        raise InputError(f"--{name} {value!r}: expected true or false") from exc
+
+
+def _check_overrides(overrides: dict[str, Any]) -> None:
+    """Refuse options that are neither this command's nor keys of ``inference.json`` (typos such as
+    ``--n_slice`` or ``--overlapp`` would otherwise be passed on and silently ignored)."""
+    keys = set(json.loads((BUNDLE_DIR / "configs" / "inference.json").read_text()))
+    unknown = [k for k in overrides if k.split("#")[0] not in keys]
+    if unknown:
+        raise InputError(f"unknown option(s) {', '.join('--' + k for k in unknown)}: not an option of visualize "
+                         f"and not a key of {BUNDLE_DIR / 'configs' / 'inference.json'}")
+
+
 def visualize(
     dataset_dir: str | Path, out_dir: str | Path, ckpt: str | Path = BUNDLE_DIR / "models" / "model.pt",
     split: str = "validation", n_cases: int = 2, n_slices: int = 3, metrics: str | Path | None = None,
@@ -78,6 +97,8 @@ def visualize(
     trained.
     """
     dataset_dir, out_dir, ckpt = Path(dataset_dir), Path(out_dir), Path(ckpt)
+    gif = _switch(gif, "gif")  # "--gif false" from the command line arrives as the string "false"
+    _check_overrides(overrides)
     if not ckpt.is_file():
         raise InputError(f"{ckpt}: checkpoint does not exist")
     cases = _cases(dataset_dir, split, n_cases, val_fraction, seed)

@@ -59,6 +59,20 @@ def test_visualize_cli_writes_panels_gif_and_curves(trained_run: TrainRun, tmp_p
     assert (out / "learning_curves.png").is_file()
 
 
+def test_visualize_gif_false_and_a_misspelt_option(trained_run: TrainRun, tmp_path: Path) -> None:
+    base = [sys.executable, "scripts/visualize.py", "--dataset_dir", str(trained_run.dataset_dir), "--ckpt",
+            str(trained_run.model), "--split", "test", "--n_cases", "1", "--n_slices", "1", *TINY]
+    typo = subprocess.run([*base, "--out_dir", str(tmp_path / "typo"), "--n_slice", "2"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert typo.returncode == 2 and "Traceback" not in typo.stderr, typo.stderr[-2000:]
+    assert "unknown option(s) --n_slice: not an option of visualize" in typo.stderr
+    assert not (tmp_path / "typo").exists()
+    proc = subprocess.run([*base, "--out_dir", str(tmp_path / "fig"), "--gif", "false"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list((tmp_path / "fig").glob("*_slice*.png")) and not list((tmp_path / "fig").glob("*.gif"))
+
+
 def test_visualize_picks_the_validation_cases_training_used(tiny_cohort: Path, tmp_path: Path) -> None:
     """A dataset without a ``validation`` list (as MSD Task09) gets the same split training derives."""
     import json
