@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from constant_model import constant_output_bundle
 from deploy_helpers import PATIENT_A_SEED, PATIENT_B_SEED, cropped_phantom
 from spleenseg.paths import BUNDLE_DIR
 from spleenseg.phantom import Phantom, write_dicom_series, write_non_ct_series, write_scout
@@ -183,23 +184,8 @@ def untrained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def nothing_found_bundle(untrained_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundle with weights that predict background everywhere (zero convolutions, background bias): a model
     that finds no spleen in any input, deterministically."""
-    from monai.bundle import ConfigParser
-
-    root = tmp_path_factory.mktemp("nothing") / "bundle"
-    shutil.copytree(untrained_bundle, root)
-    parser = ConfigParser()
-    parser.read_config(str(root / "configs" / "inference.json"))
-    net = parser.get_parsed_content("network_def")
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
-                module.weight.zero_()
-                if module.bias is not None:
-                    module.bias.zero_()
-                    if module.bias.shape[0] == 2:  # the output layer: background 5, spleen -5
-                        module.bias.copy_(torch.tensor([5.0, -5.0]))
-    torch.save(net.state_dict(), root / "models" / "model.pt")
-    return root
+    return constant_output_bundle(untrained_bundle, tmp_path_factory.mktemp("nothing") / "bundle",
+                                  background=5.0, spleen=-5.0)
 
 
 @pytest.fixture

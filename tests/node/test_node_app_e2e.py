@@ -8,33 +8,16 @@ PACS conformant and complete; whether the mask is right is the app's own tests' 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
+from constant_model import constant_output_bundle
 from node_helpers import dciodvfy_errors, free_port, send_study_from_orthanc, wait_for, wait_for_seg
 from spleenseg.paths import BUNDLE_DIR
 
 
 def _all_foreground_bundle(dest: Path) -> Path:
-    """Copy the bundle and give its network weights that predict class 1 everywhere (deterministic, instant)."""
-    import torch
-    from monai.bundle import ConfigParser
-
-    shutil.copytree(BUNDLE_DIR, dest, ignore=shutil.ignore_patterns("models", "__pycache__"))
-    parser = ConfigParser()
-    parser.read_config(dest / "configs" / "inference.json")
-    net = parser.get_parsed_content("network_def")
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
-                module.weight.zero_()
-                if module.bias is not None:
-                    module.bias.zero_()
-                    if module.bias.shape[0] == 2:
-                        module.bias.copy_(torch.tensor([-5.0, 5.0]))
-    (dest / "models").mkdir()
-    torch.save(net.state_dict(), dest / "models" / "model.pt")
-    return dest
+    """The bundle with weights that predict class 1 everywhere (deterministic, instant)."""
+    return constant_output_bundle(BUNDLE_DIR, dest, background=-5.0, spleen=5.0)
 
 
 def test_real_app_behind_the_node(orthanc_factory, node_factory, tiny_dicom_series, tmp_path: Path) -> None:
