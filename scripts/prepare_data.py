@@ -10,6 +10,7 @@ Commands (``python scripts/prepare_data.py <command> --help`` for details)::
     download_msd OUT [--url URL] [--md5 MD5]                     Task09_Spleen via MONAI, MD5-checked
     check_orientation LABEL [IMAGE]                              is the spleen on the patient's left?
     real_cases OUT [--phantoms 32] [--seed 0] [--held-out CASE]  real labelled CT (fixed split) + realistic phantoms
+    pseudo_labels DATASET --ckpt MODEL [--bundle bundle]         add QA-checked pseudo-labelled unlabelled real CT
 
 Errors print one line naming the file and the problem and exit with status 2. Inputs are never changed.
 """
@@ -122,8 +123,24 @@ def real_cases(out: str, phantoms: int = 32, seed: int = 0, real_ct: str | None 
     return msg
 
 
+def pseudo_labels(dataset: str, ckpt: str, bundle: str | None = None, real_ct: str | None = None) -> str:
+    """Segment the unlabelled real CT of ../shared/data/real_ct with BUNDLE's inference.json and CKPT, and add
+    each mask the QA raises no flag on (a cut field of view is tolerated) to DATASET's training list as
+    pseudo_<case>. Patients held out in DATASET are skipped; CKPT must not have trained on them."""
+    from spleenseg.dataset.pseudo import add_pseudo_labels
+    from spleenseg.paths import BUNDLE_DIR, SHARED_DATA
+
+    record = add_pseudo_labels(dataset, bundle or BUNDLE_DIR, ckpt, real_ct=real_ct or SHARED_DATA / "real_ct")
+    lines = [f"{dataset}/dataset.json: pseudo-labels from {ckpt}"]
+    for case, r in record["cases"].items():
+        lines.append(f"  {case}: " + ("added" if r["accepted"] else f"rejected ({r['reason']})")
+                     + f", {r['volume_ml']} mL, mean probability {r['mean_probability']}")
+    return "\n".join(lines)
+
+
 COMMANDS = {"group": group, "to_nifti": to_nifti, "labels": labels, "dataset": dataset,
-            "download_msd": download_msd, "check_orientation": check_orientation, "real_cases": real_cases}
+            "download_msd": download_msd, "check_orientation": check_orientation, "real_cases": real_cases,
+            "pseudo_labels": pseudo_labels}
 
 if __name__ == "__main__":
     run_fire(COMMANDS, name="prepare_data.py")

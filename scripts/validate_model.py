@@ -12,6 +12,13 @@ Every step is the command a user would type (printed before it runs), so a fold 
     python scripts/validate_model.py run --out runs/loo                 # all folds (about 1 h of CPU each)
     python scripts/validate_model.py run --out runs/loo --folds msd_spleen_8
     python scripts/validate_model.py summary --out runs/loo             # per-case table of finished folds
+
+Self-training (pseudo-labels, ``spleenseg.dataset.pseudo``): ``--pseudo_model M`` adds the QA-checked
+pseudo-labelled unlabelled real CT to one fold's training list, labelled by M, which must be that fold's own
+first-stage model (it must not have trained on the held-out case). The shipped model is the TotalSegmentator
+fold's first stage::
+
+    python scripts/validate_model.py run --out runs/pl --folds ts_abdomen_crop --pseudo_model bundle/models/model.pt
 """
 
 from __future__ import annotations
@@ -52,10 +59,11 @@ def _run(cmd: list[str]) -> None:
 
 
 def run(out: str = "runs/loo", folds: str | list[str] | None = None, phantoms: int = 34, seed: int = 0,
-        epochs: int | None = None, organs: bool = False) -> str:
+        epochs: int | None = None, organs: bool = False, pseudo_model: str | None = None) -> str:
     """Prepare, train and score each fold under OUT/<fold>/ (finished steps are skipped on a rerun).
 
     ``organs``: the experimental multi-organ recipe (``train_organs.json`` layered last, multi-organ labels).
+    ``pseudo_model``: add pseudo-labels made by this checkpoint (one fold only: its own first-stage model).
     """
     train_cfg = TRAIN + ([ORGANS] if organs else [])
     eval_cfg = train_cfg + [EVALUATE]
@@ -66,6 +74,8 @@ def run(out: str = "runs/loo", folds: str | list[str] | None = None, phantoms: i
     unknown = [n for n in names if n not in FOLDS]
     if unknown:
         raise InputError(f"unknown fold(s) {unknown}; choose from {list(FOLDS)}")
+    if pseudo_model and len(names) != 1:
+        raise InputError("--pseudo_model labels for one fold: pass --folds with the fold it was trained for")
     py = sys.executable
     if not (root / "phantoms" / "dataset.json").is_file():
         _run([py, "scripts/prepare_data.py", "real_cases", str(root / "_phantoms"), "--phantoms", str(phantoms),
@@ -77,6 +87,8 @@ def run(out: str = "runs/loo", folds: str | list[str] | None = None, phantoms: i
         if not (fold / "real" / "dataset.json").is_file():
             _run([py, "scripts/prepare_data.py", "real_cases", str(fold), "--phantoms", "0",
                   "--held-out", held_out, "--validation", validation, *label_args])
+            if pseudo_model:
+                _run([py, "scripts/prepare_data.py", "pseudo_labels", str(fold / "real"), "--ckpt", pseudo_model])
         model = fold / "train" / "models" / "model.pt"
         if not model.is_file():
             _run([py, "-m", "monai.bundle", "run", "--config_file", _configs(train_cfg), "--dataset_dir",
