@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -146,12 +147,57 @@ def test_inference_single_file_with_probability(trained_run: TrainRun, tmp_path:
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # staging folder cleaned up
 
 
-def test_inference_missing_input_is_one_clear_error(trained_run: TrainRun, tmp_path: Path) -> None:
-    missing = tmp_path / "nope.nii.gz"
-    proc = run_bundle(["run", "--config_file", config_arg("inference"), "--ckpt_path", str(trained_run.model),
-                       "--output_dir", str(tmp_path / "out"), "--input_file", str(missing)], check=False)
-    assert proc.returncode != 0
-    assert f"{missing}: input file does not exist" in proc.stdout + proc.stderr
+def _a_test_image(run: TrainRun) -> Path:
+    return sorted((run.dataset_dir / "imagesTs").glob("*.nii.gz"))[0]
+
+
+def _last_line_error(proc) -> str:
+    """A bad-input bundle run: status 2, no traceback, and a last line that names the problem."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "Failed to evaluate" not in proc.stderr, proc.stderr[-2000:]
+    return proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("case", ["input", "checkpoint", "folder"])
+def test_inference_bad_input_ends_with_one_line_naming_it(case: str, trained_run: TrainRun, tmp_path: Path
+                                                          ) -> None:
+    missing = tmp_path / ("nope.pt" if case == "checkpoint" else "nope.nii.gz")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    source = {"input": ["--input_file", str(missing)], "folder": ["--input_dir", str(empty)],
+              "checkpoint": ["--input_file", str(_a_test_image(trained_run))]}[case]
+    ckpt = missing if case == "checkpoint" else trained_run.model
+    out = tmp_path / "out"
+    proc = run_bundle(["run", "--config_file", config_arg("inference"), "--ckpt_path", str(ckpt),
+                       "--output_dir", str(out), *source], check=False)
+    expected = {"input": f"error: {missing}: input file does not exist",
+                "checkpoint": f"error: {missing}: checkpoint not found",
+                "folder": f"error: {empty}: no NIfTI files (.nii/.nii.gz) in this folder"}[case]
+    assert _last_line_error(proc) == expected
+    assert not out.exists() or not list(out.iterdir()), "nothing may be written for a run that cannot start"
+
+
+def test_evaluate_missing_checkpoint_or_dataset_ends_with_one_line(trained_run: TrainRun, tmp_path: Path) -> None:
+    args = ["run", "--config_file", config_arg("train", "evaluate"), "--output_dir", str(tmp_path / "eval"), *TINY]
+    proc = run_bundle([*args, "--dataset_dir", str(trained_run.dataset_dir), "--ckpt_path", str(tmp_path / "x.pt")],
+                      check=False)
+    assert _last_line_error(proc) == f"error: {tmp_path / 'x.pt'}: checkpoint not found"
+    proc = run_bundle([*args, "--dataset_dir", str(tmp_path / "none"), "--ckpt_path", str(trained_run.model)],
+                      check=False)
+    assert _last_line_error(proc).startswith(f"error: {tmp_path / 'none'}")
+
+
+def test_an_unexpected_error_keeps_its_traceback_and_repeats_the_cause_last(trained_run: TrainRun,
+                                                                            tmp_path: Path) -> None:
+    """A checkpoint of random bytes is not a known input error: the traceback stays, the cause ends it."""
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(256))
+    proc = run_bundle(["run", "--config_file", config_arg("inference"), "--ckpt_path", str(junk),
+                       "--output_dir", str(tmp_path / "out"),
+                       "--input_file", str(_a_test_image(trained_run))], check=False)
+    assert proc.returncode not in (0, 2) and "Traceback" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "Failed to evaluate" not in last, last
 
 
 def test_torchrun_evaluate_matches_one_process(trained_run: TrainRun, tmp_path: Path) -> None:

@@ -1,0 +1,71 @@
+"""One clear last line for a bundle run that fails on user input.
+
+Why: ``python -m monai.bundle run`` wraps every error raised while a config expression is evaluated in
+``RuntimeError: Failed to evaluate ...``, so a missing input file or checkpoint ends a 70-line traceback whose
+useful line is buried in the middle. :func:`install` (an ``initialize`` step of every config) replaces
+``sys.excepthook``: when the chain of causes holds a user error (a missing file, or an ``InputError`` from these
+scripts), the run prints only ``error: <file>: <problem>`` and exits with status 2, the project's rule for bad
+input; set ``SPLEENSEG_TRACEBACK=1`` to see the traceback too. Any other error keeps its full traceback and
+gets the innermost cause repeated as its last line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from types import TracebackType
+from typing import Iterator
+
+#: exit status for bad user input (the project's command lines use the same)
+INPUT_ERROR_STATUS = 2
+#: exception class names that mean "the user can fix this input" (``spleenseg.errors`` and its subclasses)
+USER_ERROR_NAMES = frozenset({"SpleensegError", "InputError"})
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and its causes, outermost first (each exception once)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The innermost cause the user can fix (missing file or an input error), or None."""
+    found = None
+    for e in _chain(exc):
+        if isinstance(e, FileNotFoundError) or USER_ERROR_NAMES & {c.__name__ for c in type(e).__mro__}:
+            found = e
+    return found
+
+
+def message(exc: BaseException) -> str:
+    """``file: problem`` for a missing file, else the exception's own text."""
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or 'file not found'}"
+    return str(exc) or type(exc).__name__
+
+
+def check_file(path: str, what: str) -> str:
+    """Fail before any work when a file the run needs is missing; returns ``path``."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(2, f"{what} not found", path)
+    return path
+
+
+def _hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    problem = user_error(exc)
+    if problem is None or os.environ.get("SPLEENSEG_TRACEBACK"):
+        sys.__excepthook__(kind, exc, tb)
+    inner = problem or list(_chain(exc))[-1]
+    print(f"error: {message(inner)}", file=sys.stderr, flush=True)
+    if problem is not None:
+        sys.stdout.flush()
+        os._exit(INPUT_ERROR_STATUS)  # an excepthook cannot set the status any other way
+
+
+def install() -> None:
+    """Make a failed run end with one line naming the problem (see the module docstring)."""
+    sys.excepthook = _hook
