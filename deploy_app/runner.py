@@ -16,14 +16,13 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from spleenseg import __version__
-from spleenseg.atomic import ensure_writable_dir
+from spleenseg.atomic import ensure_writable_dir, make_temp_dir
 from spleenseg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -105,7 +104,7 @@ def _staging_dir(output_dir: Path) -> Path:
     parent = output_dir if output_dir.is_dir() else output_dir.parent
     prefix = f".{output_dir.name}.partial-"
     _remove_stale_staging(parent, prefix)
-    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    staging = make_temp_dir(parent, prefix)
     (staging / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
     return staging
 

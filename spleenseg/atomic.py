@@ -12,6 +12,32 @@ from typing import Iterator
 from spleenseg.errors import InputError
 
 
+def umask_mode(base: int = 0o666) -> int:
+    """``base`` less the process umask: the mode ``open()`` (0o666) or ``mkdir()`` (0o777) would give.
+
+    ``mkstemp``/``mkdtemp`` create 0600 files and 0700 folders whatever the umask, so every temporary output
+    is given this mode before it is moved into place (a shared dataset must stay readable by the group).
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
+def make_temp_file(path: Path, suffix: str) -> Path:
+    """An empty temporary file beside ``path`` (hidden, same suffix), with the umask's mode."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    os.chmod(name, umask_mode())
+    return Path(name)
+
+
+def make_temp_dir(parent: Path, prefix: str, suffix: str = "") -> Path:
+    """A new temporary folder in ``parent``, with the umask's mode."""
+    name = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent)
+    os.chmod(name, umask_mode(0o777))
+    return Path(name)
+
+
 def ensure_writable_dir(path: Path) -> Path:
     """Create ``path`` (and parents) or raise :class:`InputError` naming it."""
     path = Path(path)
@@ -38,9 +64,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     path = Path(path)
     ensure_writable_dir(path.parent)
     suffix = "".join(path.suffixes) if path.suffixes else ""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = make_temp_file(path, f".part{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -61,7 +85,7 @@ def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
             raise InputError(f"{path}: output folder is not empty (choose another, or pass overwrite=True)")
     ensure_writable_dir(path.parent)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+        tmp = make_temp_dir(path.parent, f".{path.name}.", ".part")
     except OSError as exc:
         raise InputError(f"{path}: cannot write the output folder ({exc.strerror or exc})") from exc
     try:

@@ -13,7 +13,6 @@ import io
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,12 @@ import torch
 from ignite.engine import Engine, Events
 from monai.metrics import CumulativeIterationMetric, HausdorffDistanceMetric, SurfaceDiceMetric
 from monai.metrics.utils import do_metric_reduction
+
+from .files import write_text_atomic
+
+#: summary rows under the per-case table; the median of an even count is the mean of the two middle values
+#: (torch.median would return the lower one)
+SUMMARY_ROWS = {"mean": torch.mean, "std": torch.std, "median": lambda v: torch.quantile(v, 0.5)}
 
 logger = logging.getLogger(__name__)
 
@@ -130,15 +135,11 @@ class CaseTableWriter:
         writer.writerow(["case", *names])
         for i, case in enumerate(cases):
             writer.writerow([case, *(f"{columns[n][i].item():.6g}" for n in names)])
-        for op in ("mean", "std", "median"):
+        for op, reduce in SUMMARY_ROWS.items():
             row = []
             for n in names:
                 v = columns[n][~torch.isnan(columns[n]) & ~torch.isinf(columns[n])]
-                row.append(f"{getattr(v, op)().item():.6g}" if v.numel() else "nan")
+                row.append(f"{reduce(v).item():.6g}" if v.numel() else "nan")
             writer.writerow([op, *row])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, buf.getvalue())
         logger.info("per-case metrics written to %s", self.path)

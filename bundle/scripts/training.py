@@ -22,6 +22,8 @@ from ignite.engine import Engine, Events
 
 from spleenseg.errors import InputError
 
+from .files import write_text_atomic
+
 logger = logging.getLogger(__name__)
 _EPOCH_RE = re.compile(r"epoch=(\d+)\.pt$")
 
@@ -52,32 +54,68 @@ def find_resume_checkpoint(resume: Any, state_dir: str | os.PathLike) -> str | N
 
 
 class SaverState:
-    """Expose a ``CheckpointSaver``'s best-metric tracking list as ``state_dict``/``load_state_dict``.
+    """The best-model tracking of a ``CheckpointSaver`` and of the validation evaluator, as one state object.
 
     Stored inside the full-state checkpoint so that after ``--resume`` the first validation does not
-    overwrite ``models/model.pt`` with a worse model (the saver would otherwise forget the best score).
+    overwrite ``models/model.pt`` with a worse model (the saver would otherwise forget the best score), and the
+    log's "best value ... at epoch" line still names the best epoch of the whole run, not of the resumed part.
     ``saver`` is ``None`` where the config disables it (ranks other than 0): nothing to save or restore there.
     """
 
-    def __init__(self, saver: Any) -> None:
+    def __init__(self, saver: Any, evaluator: Any = None) -> None:
         self.saver = saver
+        self.evaluator = evaluator
 
     def state_dict(self) -> dict:
         ckpt = getattr(self.saver, "_key_metric_checkpoint", None)
-        return ckpt.state_dict() if ckpt is not None else {}
+        state = ckpt.state_dict() if ckpt is not None else {}
+        if self.evaluator is not None:
+            state["evaluator_best"] = [float(self.evaluator.state.best_metric),
+                                       int(self.evaluator.state.best_metric_epoch)]
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state and self.saver is not None:
-            self.saver.load_state_dict(state)
+        best = state.get("evaluator_best")
+        if best is not None and self.evaluator is not None:
+            self.evaluator.state.best_metric, self.evaluator.state.best_metric_epoch = best[0], int(best[1])
+        saved = {k: v for k, v in state.items() if k != "evaluator_best"}
+        if saved and self.saver is not None:
+            self.saver.load_state_dict(saved)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+class PruneCheckpoints:
+    """Keep only the newest ``keep`` full-state checkpoints in ``state_dir`` after each epoch's save.
+
+    Why: ``CheckpointSaver(n_saved=...)`` prunes only the files it wrote itself, so every resumed run would
+    leave the previous run's last checkpoint behind (each is the size of the network plus Adam's moments).
+    """
+
+    def __init__(self, state_dir: str | os.PathLike, keep: int = 1) -> None:
+        self.state_dir = Path(state_dir)
+        self.keep = max(1, int(keep))
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine | None = None) -> list[Path]:
+        found = sorted((int(m.group(1)), p) for p in self.state_dir.glob("*.pt") if (m := _EPOCH_RE.search(p.name)))
+        removed = [p for _, p in found[:-self.keep]]
+        for path in removed:
+            path.unlink(missing_ok=True)
+        return removed
+
+
+class FinishedRunHint:
+    """Say so when a resumed run is already at ``--epochs``: ignite then trains nothing and exits at once."""
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.max_epochs is not None and engine.state.epoch >= engine.state.max_epochs:
+            logger.warning("the resumed run already finished epoch %d of --epochs %d: nothing to train; pass "
+                           "--epochs N with N > %d to train longer", engine.state.epoch, engine.state.max_epochs,
+                           engine.state.epoch)
 
 
 def _scalar(value: Any) -> float | None:
@@ -175,7 +213,7 @@ class EpochMetricsWriter:
 
     def _write(self) -> None:
         assert self.rows is not None
-        _atomic_write(self.json_path, json.dumps(self.rows, indent=1))
+        write_text_atomic(self.json_path, json.dumps(self.rows, indent=1))
         columns: list[str] = []
         for row in self.rows:
             columns += [k for k in row if k not in columns]
@@ -188,7 +226,7 @@ class EpochMetricsWriter:
         writer = csv.DictWriter(_Sink(), fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
-        _atomic_write(self.output_dir / "metrics.csv", "".join(lines))
+        write_text_atomic(self.output_dir / "metrics.csv", "".join(lines))
 
     def _plot(self) -> None:
         from spleenseg.report.curves import plot_learning_curves

@@ -191,6 +191,6 @@ def _write_case(img: nib.Nifti1Image, dst: Path, src: Path, modified: bool) -> N
     """Copy a NIfTI as ``.nii.gz`` (re-encode only when needed: flipped header or ``.nii`` input)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not modified and src.name.endswith(".nii.gz"):
-        shutil.copy2(src, dst)
+        shutil.copyfile(src, dst)  # content only: the copy gets the umask's mode, not the input's
     else:
         save_nifti(img, dst)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from spleenseg.atomic import make_temp_dir
 from spleenseg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def download_msd(out: str | os.PathLike, url: str = MSD_SPLEEN_URL, md5: str = M
         return target
     out.mkdir(parents=True, exist_ok=True)
     archive = out / f"{TASK}.tar"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{TASK}.partial-", dir=out))
+    tmp = make_temp_dir(out, f".{TASK}.partial-")
     try:
         download_and_extract(url, filepath=archive, output_dir=tmp, hash_val=md5, hash_type="md5",
                              progress=progress)

@@ -44,7 +44,7 @@ def _place(src: str, dst: Path, link: bool) -> None:
         except OSError:
             os.symlink(os.path.abspath(src), dst)  # other file system
     else:
-        shutil.copy2(src, dst)
+        shutil.copyfile(src, dst)  # content only: the copy gets the umask's mode, not the input's
 
 
 def _empty_or_missing(path: Path) -> bool:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import highdicom as hd
 import nibabel as nib
 import numpy as np
+
+from spleenseg.atomic import make_temp_file
 
 #: Integer types tried in order; the first that holds every value exactly is stored.
 _INT_TYPES = (np.int16, np.uint16, np.int32)
@@ -62,8 +63,7 @@ def atomic_write_bytes(path: str | os.PathLike, writer: Any, suffix: str) -> Non
     """Call ``writer(tmp_path)`` then move the result into place, so no half-written file is ever seen."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    tmp = make_temp_file(path, suffix)
     try:
         writer(tmp)
         os.replace(tmp, path)

@@ -7,12 +7,15 @@ is good enough to find the phantom spleen (evaluation, inference geometry, left/
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -22,6 +25,22 @@ CONFIGS = BUNDLE_DIR / "configs"
 #: Overrides that make every bundle command tiny: coarse grid, small patches, no worker processes.
 TINY = ["--pixdim", "[6.0,6.0,6.0]", "--roi_size", "[32,32,32]", "--num_workers", "0"]
 TRAIN_TINY = TINY + ["--num_samples", "2", "--batch_size", "2", "--cache_rate", "1.0"]
+
+
+def bundle_scripts(module: str) -> ModuleType:
+    """A module of the bundle's ``scripts`` package, imported as ``bundle_scripts.<module>``.
+
+    The package is registered under its own name because ``scripts`` also names the repository's top-level
+    command folder; its modules' relative imports then resolve inside the bundle.
+    """
+    if "bundle_scripts" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "bundle_scripts", BUNDLE_DIR / "scripts" / "__init__.py",
+            submodule_search_locations=[str(BUNDLE_DIR / "scripts")])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["bundle_scripts"] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"bundle_scripts.{module}")
 
 
 def config_arg(*names: str) -> str:

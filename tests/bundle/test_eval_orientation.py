@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import numpy as np
 import pytest
 from monai.transforms import LoadImaged
 
+from bundle_util import bundle_scripts
 from spleenseg.orientation import OrientationWarning
-from spleenseg.paths import BUNDLE_DIR
 
 
 @pytest.fixture(scope="module")
 def check_cls():
-    sys.path.insert(0, str(BUNDLE_DIR))
-    sys.modules.pop("scripts", None)  # another test may have imported a different ``scripts`` (e.g. the repo's)
-    try:
-        from scripts.orientation import SpleenSideCheckd
-    finally:
-        sys.path.remove(str(BUNDLE_DIR))
-        sys.modules.pop("scripts", None)
-    return SpleenSideCheckd
+    return bundle_scripts("orientation").SpleenSideCheckd
 
 
 @pytest.fixture(scope="module")

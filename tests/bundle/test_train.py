@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
+import os
+import re
+import stat
 import sys
 from pathlib import Path
 
@@ -12,12 +14,9 @@ import torch
 from PIL import Image
 
 from spleenseg.paths import BUNDLE_DIR
-from bundle_util import TRAIN_TINY, TrainRun, config_arg, run_bundle
+from bundle_util import TRAIN_TINY, TrainRun, bundle_scripts, config_arg, run_bundle
 
-# loaded by path: the name ``scripts`` is ambiguous in this repository (bundle/scripts vs scripts/)
-_spec = importlib.util.spec_from_file_location("bundle_training", BUNDLE_DIR / "scripts" / "training.py")
-_training = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_training)
+_training = bundle_scripts("training")
 
 
 def _epoch_checkpoint(run: TrainRun, epoch: int) -> dict:
@@ -41,6 +40,11 @@ def test_train_writes_model_metrics_and_curves(short_run: TrainRun) -> None:
     with Image.open(png) as img:
         assert img.format == "PNG" and img.size[0] > 600
     assert list((short_run.output_dir / "tensorboard").glob("events.out.tfevents.*"))
+    # the handlers' write-then-rename keeps the umask's mode (mkstemp alone would leave 0600)
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("metrics.csv", "metrics.json", "learning_curves.png"):
+        assert stat.S_IMODE((short_run.output_dir / name).stat().st_mode) == 0o666 & ~mask, name
 
 
 def test_resume_continues_at_epoch_3_with_optimizer_state(short_run: TrainRun, tmp_path: Path) -> None:
@@ -51,9 +55,10 @@ def test_resume_continues_at_epoch_3_with_optimizer_state(short_run: TrainRun, t
     steps_per_epoch = before["trainer"]["epoch_length"]
     assert before["trainer"]["iteration"] == 2 * steps_per_epoch
 
-    run_bundle(["run", "--config_file", config_arg("train"), "--dataset_dir", str(run.dataset_dir),
-                "--output_dir", str(run.output_dir), "--ckpt_dir", str(run.ckpt_dir), "--epochs", "3",
-                "--val_interval", "1", "--resume", "true", *TRAIN_TINY])
+    resume = ["run", "--config_file", config_arg("train"), "--dataset_dir", str(run.dataset_dir),
+              "--output_dir", str(run.output_dir), "--ckpt_dir", str(run.ckpt_dir), "--epochs", "3",
+              "--val_interval", "1", "--resume", "true", *TRAIN_TINY]
+    proc = run_bundle(resume)
 
     rows = run.metrics()
     assert [r["epoch"] for r in rows] == [1, 2, 3]
@@ -67,6 +72,17 @@ def test_resume_continues_at_epoch_3_with_optimizer_state(short_run: TrainRun, t
     assert after["lr_scheduler"]["last_epoch"] == 3
     # the best-model tracker survived: its saved entry is still there (not forgotten and re-started)
     assert after["best_model_saver"]["_saved"]
+    # the log's best is the best of all three epochs, not of the resumed one alone
+    dices = [r["val_mean_dice"] for r in rows]
+    best_epoch = 1 + dices.index(max(dices))
+    logged = re.findall(r"best value: ([0-9.]+) at epoch: (\d+)", proc.stdout + proc.stderr)
+    assert logged and abs(float(logged[-1][0]) - max(dices)) < 1e-4 and int(logged[-1][1]) == best_epoch, logged
+    # the resumed run's saver pruned the checkpoint it resumed from: one full-state file is kept
+    assert sorted(p.name for p in (run.output_dir / "checkpoints").glob("*.pt")) == ["checkpoint_epoch=3.pt"]
+
+    again = run_bundle(resume)  # already at --epochs 3: nothing to train, and it says how to go on
+    assert "nothing to train; pass --epochs N with N > 3" in again.stdout + again.stderr
+    assert [r["epoch"] for r in run.metrics()] == [1, 2, 3]
 
 
 def test_saver_state_without_saver_is_a_no_op() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +111,16 @@ def test_seg_reads_back_with_highdicom_and_dcmqi_as_the_predicted_mask(e2e_resul
     assert dcmqi_mask.sum() == predicted.sum()
     idx = np.rint(ours).astype(int)
     assert predicted[idx[:, 0], idx[:, 1], idx[:, 2]].all()
+
+
+def test_outputs_have_the_umask_modes(e2e_result):
+    """SEG, NIfTI, STL and report come out with the modes the umask gives (not mkstemp's private 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    out = e2e_result.output_dir
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    wrong = {str(p): oct(m) for p, m in modes.items() if m != ((0o777 if p.is_dir() else 0o666) & ~mask)}
+    assert len(modes) > 3 and not wrong, wrong
 
 
 def test_report_matches_the_mask(e2e_result, phantom_study):
