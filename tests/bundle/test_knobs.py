@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 from monai.bundle import ConfigParser
 
@@ -72,7 +74,10 @@ def test_misspelt_switch_is_an_error_naming_the_value() -> None:
 def test_cli_false_keeps_the_selection_step_and_leaves_out_the_probability(tmp_path: Path) -> None:
     """Through ``python -m monai.bundle run`` itself, which prints the post-processing instead of running it."""
     show = "['$print(\"POSTPROCESSING\", [type(t).__name__ for t in @postprocessing.transforms])']"
-    proc = run_bundle(["run", "--config_file", config_arg("inference"), "--output_dir", str(tmp_path),
+    image = tmp_path / "ct.nii.gz"  # initialize checks that the input exists before --run replaces the run
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), image)
+    proc = run_bundle(["run", "--config_file", config_arg("inference"), "--output_dir", str(tmp_path / "out"),
+                       "--input_file", str(image),
                        "--largest_cc", "false", "--save_prob", "false", "--run", show])
     line = next(s for s in proc.stdout.splitlines() if s.startswith("POSTPROCESSING "))
     steps = ast.literal_eval(line.split(" ", 1)[1])
