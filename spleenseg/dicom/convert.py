@@ -22,17 +22,16 @@ import numpy as np
 from tqdm import tqdm
 
 from spleenseg import __version__
-from spleenseg.atomic import atomic_dir
-from spleenseg.dicom.nifti import save_nifti, to_ras_nifti, volume_to_nifti, write_json
+from spleenseg.atomic import atomic_dir, ensure_writable_dir, make_temp_dir
+from spleenseg.dicom.nifti import save_nifti, sidecar_path, to_ras_nifti, volume_to_nifti, write_json
 from spleenseg.dicom.scan import SeriesGroup, is_localizer, read_header, scan_dicom
 from spleenseg.dicom.seg import load_label_image, read_seg_labels, referenced_series_uids, resample_label_to_image
 from spleenseg.dicom.volume import VolumeInfo, load_series_volume
 from spleenseg.errors import GeometryError, InputError, SpleensegError
 from spleenseg.paths import inside, refuse_output_in_input
+from spleenseg.shard import MANIFEST, Shard, check_shard_output
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
 
 
 # --------------------------------------------------------------------------------------------- group
@@ -51,36 +50,73 @@ def _empty_or_missing(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
+def _lay_out(groups: list[SeriesGroup], root: Path, link: bool, progress: bool) -> list[dict[str, Any]]:
+    """Place each group's files in ``root/<patient>/<study>/<series>/``; returns the manifest entries."""
+    entries = []
+    for g in tqdm(groups, desc="laying out series", unit="series", disable=not progress):
+        rel_dir = Path(g.patient_dir) / g.study_dir / g.series_dir
+        rel_files = []
+        for i, (src, uid) in enumerate(zip(g.files, g.sop_instance_uids)):
+            rel = rel_dir / f"{i:05d}_{safe_uid(uid)}.dcm"
+            _place(src, inside(root, rel, "file name"), link)
+            rel_files.append(str(rel))
+        entry = g.to_dict()
+        entry["source_files"] = entry.pop("files")
+        entry["files"] = rel_files
+        entry["folder"] = str(rel_dir)
+        entries.append(entry)
+    return entries
+
+
+def _group_shard(groups: list[SeriesGroup], out: Path, manifest: dict[str, Any], shard: Shard, link: bool,
+                 progress: bool) -> list[SeriesGroup]:
+    """Lay out this shard's series in a hidden folder inside ``out``, move each series folder into place (none
+    may exist: another shard or an interrupted run wrote it), then write the shard's manifest."""
+    positions = shard.positions(groups)
+    mine = [groups[i] for i in positions]
+    ensure_writable_dir(out)
+    tmp = make_temp_dir(out, f".{shard.manifest_name}.", ".part")
+    try:
+        entries = _lay_out(mine, tmp, link, progress)
+        for entry in entries:
+            if (out / entry["folder"]).exists():
+                raise InputError(f"{out / entry['folder']}: already exists (another shard or an interrupted run "
+                                 f"of shard {shard} wrote it); remove it and run the shard again")
+        for entry in entries:
+            (out / entry["folder"]).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / entry["folder"], out / entry["folder"])
+        write_json({**manifest, "series": entries, "shard": shard.record(positions, len(groups))},
+                   out / shard.manifest_name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return mine
+
+
 def group_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, link: bool = False,
                  slices_per_group: int | None = None, workers: int = 1, progress: bool = True,
-                 ) -> list[SeriesGroup]:
+                 shard: Shard | None = None) -> list[SeriesGroup]:
     """Scan ``in_dir``, lay the files out as ``OUT/<patient>/<study>/<series>/`` and write ``OUT/manifest.json``.
 
     ``OUT`` must not exist or be empty (we never overwrite). Files are copied (or hard/sym-linked with
-    ``link=True``); file names become ``<index>_<SOPInstanceUID>.dcm`` in position order.
+    ``link=True``); file names become ``<index>_<SOPInstanceUID>.dcm`` in position order. With ``shard``, only
+    the series the shard owns are laid out, into an ``OUT`` the other shards may share, and the manifest is
+    ``OUT/manifest.shard-I-of-N.json`` (:func:`spleenseg.shard.merge_manifests` joins them). Returns the groups
+    laid out.
     """
     out = Path(out_dir)
-    if not _empty_or_missing(out):
+    if shard is not None:
+        check_shard_output(out, shard)
+    elif not _empty_or_missing(out):
         raise InputError(f"{out}: output folder exists and is not empty; choose a new one")
     refuse_output_in_input(in_dir, out)
     groups = scan_dicom(in_dir, workers=workers, progress=progress, slices_per_group=slices_per_group)
-    with atomic_dir(out) as tmp:
-        entries = []
-        for g in tqdm(groups, desc="laying out series", unit="series", disable=not progress):
-            rel_dir = Path(g.patient_dir) / g.study_dir / g.series_dir
-            rel_files = []
-            for i, (src, uid) in enumerate(zip(g.files, g.sop_instance_uids)):
-                rel = rel_dir / f"{i:05d}_{safe_uid(uid)}.dcm"
-                _place(src, inside(tmp, rel, "file name"), link)
-                rel_files.append(str(rel))
-            entry = g.to_dict()
-            entry["source_files"] = entry.pop("files")
-            entry["files"] = rel_files
-            entry["folder"] = str(rel_dir)
-            entries.append(entry)
-        manifest = {"created_by": f"spleenseg {__version__} prepare_data.py group", "source": str(in_dir),
-                    "linked": bool(link), "slices_per_group": slices_per_group, "series": entries}
-        write_json(manifest, tmp / MANIFEST)
+    manifest = {"created_by": f"spleenseg {__version__} prepare_data.py group", "source": str(in_dir),
+                "linked": bool(link), "slices_per_group": slices_per_group}
+    if shard is not None:
+        groups = _group_shard(groups, out, manifest, shard, link, progress)
+    else:
+        with atomic_dir(out) as tmp:
+            write_json({**manifest, "series": _lay_out(groups, tmp, link, progress)}, tmp / MANIFEST)
     log.info("grouped %d series into %s", len(groups), out)
     return groups
 
@@ -149,32 +185,64 @@ def _convert_job(args: tuple[SeriesGroup, str, bool]) -> tuple[str, str | None, 
         return group.name, None, f"series {group.name}: {type(exc).__name__}: {exc}"
 
 
+def _skip_reason(g: SeriesGroup, modality: str | None, keep_localizers: bool) -> tuple[int, str] | None:
+    """(log level, message) when ``to_nifti`` leaves the series out, ``None`` when it converts it."""
+    if not g.is_image_volume:
+        return logging.WARNING, f"series {g.name} ({g.modality}, {len(g.files)} files): not an image volume; skipped"
+    if not keep_localizers and is_localizer(g.image_type):
+        return logging.WARNING, f"series {g.name}: a localizer (scout); skipped (--keep-localizers converts it)"
+    if modality and g.modality.upper() != modality.upper():
+        return logging.INFO, f"series {g.name}: modality {g.modality}, not {modality}; skipped"
+    return None
+
+
 def convert_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, resample: bool = False,
                    modality: str | None = None, keep_localizers: bool = False, workers: int = 1,
-                   progress: bool = True) -> list[str]:
+                   progress: bool = True, shard: Shard | None = None) -> list[str]:
     """Convert every image series below ``in_dir`` (a ``group`` output or any folder) to NIfTI in ``out_dir``.
 
     Localizers (scouts, ImageType ...\\LOCALIZER) are skipped with a warning unless ``keep_localizers``: they
     are projections, not volumes, and would otherwise land among the training images.
     Series are converted in parallel (``workers`` processes). A series that fails is reported; after all the
     others are written, :class:`GeometryError` lists every failure (so the command exits non-zero).
+    With ``shard``, only the series the shard owns are converted and, once all of them are written,
+    ``OUT/manifest.shard-I-of-N.json`` lists them (:func:`spleenseg.shard.merge_manifests` joins the shards).
     """
     in_dir = Path(in_dir)
+    if shard is not None:
+        check_shard_output(Path(out_dir), shard)
     refuse_output_in_input(in_dir, out_dir)
     groups = read_manifest(in_dir) if (in_dir / MANIFEST).is_file() else scan_dicom(in_dir, workers=workers,
                                                                                      progress=progress)
     todo = []
     for g in groups:
-        if not g.is_image_volume:
-            log.warning("series %s (%s, %d files): not an image volume; skipped", g.name, g.modality, len(g.files))
-        elif not keep_localizers and is_localizer(g.image_type):
-            log.warning("series %s: a localizer (scout); skipped (--keep-localizers converts it)", g.name)
-        elif modality and g.modality.upper() != modality.upper():
-            log.info("series %s: modality %s, not %s; skipped", g.name, g.modality, modality)
-        else:
+        skip = _skip_reason(g, modality, keep_localizers)
+        if skip is None:
             todo.append(g)
+        elif shard is None or shard.owns(g.series_uid):  # a shard reports its own series only
+            log.log(*skip)
     if not todo:
         raise InputError(f"{in_dir}: no image series to convert")
+    positions = list(range(len(todo))) if shard is None else shard.positions(todo)
+    written = _convert_all([todo[i] for i in positions], out_dir, resample, workers, progress)
+    if shard is not None:  # written last: a shard manifest says every series of the shard is in place
+        manifest = {"created_by": f"spleenseg {__version__} prepare_data.py to_nifti", "source": str(in_dir),
+                    "resample": bool(resample), "modality": modality, "keep_localizers": bool(keep_localizers),
+                    "series": [_nifti_entry(todo[i]) for i in positions],
+                    "shard": shard.record(positions, len(todo))}
+        write_json(manifest, Path(out_dir) / shard.manifest_name)
+    return written
+
+
+def _nifti_entry(group: SeriesGroup) -> dict[str, Any]:
+    """A ``to_nifti`` manifest entry: the series and the files :func:`convert_group` writes for it."""
+    nifti = f"{group.name}.nii.gz"
+    return {"name": group.name, "series_uid": group.series_uid, "files": [nifti, sidecar_path(nifti).name]}
+
+
+def _convert_all(todo: list[SeriesGroup], out_dir: str | os.PathLike, resample: bool, workers: int,
+                 progress: bool) -> list[str]:
+    """Convert the groups (in parallel with ``workers`` > 1); raises GeometryError listing every failure."""
     jobs = [(g, str(out_dir), resample) for g in todo]
     written, failures = [], []
     bar = tqdm(total=len(jobs), desc="converting series", unit="series", disable=not progress)
