@@ -5,6 +5,8 @@ Commands (``python scripts/prepare_data.py <command> --help`` for details)::
 
     group IN OUT [--link] [--slices-per-group N] [--workers N]   sort files into OUT/<patient>/<study>/<series>/
     to_nifti IN OUT [--resample] [--modality CT] [--keep-localizers] [--workers N]   one .nii.gz + .json per series
+      (both take --shard I/N: only shard I of N of the series, for N parallel jobs into one OUT)
+    merge_manifests OUT                                          join the N shard manifests into OUT/manifest.json
     labels LABEL IMAGE OUT                                       SEG / NIfTI / NRRD label -> image grid
     dataset IMAGES LABELS OUT [--val-fraction 0.2] [--seed 0] [--flip-lr] [--spleen-label 1]
     download_msd OUT [--url URL] [--md5 MD5]                     Task09_Spleen via MONAI, MD5-checked
@@ -27,25 +29,46 @@ def _workers(workers: int | None) -> int:
 
 
 def group(in_dir: str, out_dir: str, link: bool = False, slices_per_group: int | None = None,
-          workers: int | None = None) -> str:
+          workers: int | None = None, shard: str | None = None) -> str:
     """Scan IN (headers only), group by Patient/Study/Series UID (split by orientation/size/acquisition),
-    copy (or --link) the files to OUT/<patient>/<study>/<series>/ and write OUT/manifest.json."""
+    copy (or --link) the files to OUT/<patient>/<study>/<series>/ and write OUT/manifest.json.
+    --shard I/N lays out only shard I (0 to N-1) of the series, by sha256 of the Series Instance UID, and
+    writes OUT/manifest.shard-I-of-N.json; run all N into one OUT, then merge_manifests OUT."""
+    from spleenseg.shard import parse_shard
+
+    part = parse_shard(shard)  # before the heavy imports: a bad --shard fails at once
     from spleenseg.dicom.convert import group_folder
 
-    groups = group_folder(in_dir, out_dir, link=link, slices_per_group=slices_per_group, workers=_workers(workers))
-    return f"{len(groups)} series -> {out_dir}/manifest.json"
+    groups = group_folder(in_dir, out_dir, link=link, slices_per_group=slices_per_group, workers=_workers(workers),
+                          shard=part)
+    return f"{len(groups)} series -> {out_dir}/{part.manifest_name if part else 'manifest.json'}"
 
 
 def to_nifti(in_dir: str, out_dir: str, resample: bool = False, modality: str | None = None,
-             keep_localizers: bool = False, workers: int | None = None) -> str:
+             keep_localizers: bool = False, workers: int | None = None, shard: str | None = None) -> str:
     """Convert each series in IN (a `group` output or any DICOM folder) to OUT/<series>.nii.gz + .json.
     Irregular spacing or gantry tilt is an error unless --resample (linear, onto a uniform grid).
-    Scouts are skipped unless --keep-localizers; --modality CT keeps only CT series."""
+    Scouts are skipped unless --keep-localizers; --modality CT keeps only CT series.
+    --shard I/N converts only shard I (0 to N-1) of the series and, when all are written, lists them in
+    OUT/manifest.shard-I-of-N.json; run all N into one OUT, then merge_manifests OUT."""
+    from spleenseg.shard import parse_shard
+
+    part = parse_shard(shard)
     from spleenseg.dicom.convert import convert_folder
 
     written = convert_folder(in_dir, out_dir, resample=resample, modality=modality,
-                             keep_localizers=keep_localizers, workers=_workers(workers))
-    return f"{len(written)} volume(s) written to {out_dir}"
+                             keep_localizers=keep_localizers, workers=_workers(workers), shard=part)
+    return f"{len(written)} volume(s) written to {out_dir}" + (f" (shard {part})" if part else "")
+
+
+def merge_manifests(out_dir: str) -> str:
+    """Join the N shard manifests of OUT (from group or to_nifti --shard I/N) into OUT/manifest.json, in the
+    order an unsharded run gives, and remove them. Refused when the shards disagree on N, the command, the
+    source or the options, when a shard is missing, or when two shards claim the same output."""
+    from spleenseg.shard import merge_manifests as _merge
+
+    merged = _merge(out_dir)
+    return f"{len(merged['series'])} series -> {out_dir}/manifest.json"
 
 
 def labels(label: str, image: str, out: str) -> str:
@@ -138,9 +161,9 @@ def pseudo_labels(dataset: str, ckpt: str, bundle: str | None = None, real_ct: s
     return "\n".join(lines)
 
 
-COMMANDS = {"group": group, "to_nifti": to_nifti, "labels": labels, "dataset": dataset,
-            "download_msd": download_msd, "check_orientation": check_orientation, "real_cases": real_cases,
-            "pseudo_labels": pseudo_labels}
+COMMANDS = {"group": group, "to_nifti": to_nifti, "merge_manifests": merge_manifests, "labels": labels,
+            "dataset": dataset, "download_msd": download_msd, "check_orientation": check_orientation,
+            "real_cases": real_cases, "pseudo_labels": pseudo_labels}
 
 if __name__ == "__main__":
     run_fire(COMMANDS, name="prepare_data.py")
