@@ -10,7 +10,10 @@ DEMO_DIR ?= demo_output
 
 .PHONY: setup demo test clean
 
-setup: $(STAMP)
+JS_DIR   := tests/js
+JS_STAMP := $(JS_DIR)/node_modules/.installed
+
+setup: $(STAMP) $(JS_STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +21,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# dcmjs for the second SEG reader (tests/deploy/test_seg_dcmjs.py), exactly as package-lock.json says. Without npm
+# (.ci/run installs nodejs/npm) this is skipped with a note and that test fails saying so; make demo needs neither.
+$(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
+	@if command -v npm >/dev/null; then \
+	    npm ci --prefix $(JS_DIR) --ignore-scripts && touch $(JS_STAMP); \
+	else \
+	    echo "note: npm not found, $(JS_DIR) not installed (tests/deploy/test_seg_dcmjs.py needs it; Debian: apt-get install nodejs npm)"; \
+	fi
 
 demo: setup
 	$(PY) -m spleenseg.demo --out $(DEMO_DIR) $(if $(TRAIN),--train)
