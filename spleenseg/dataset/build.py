@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from spleenseg.atomic import atomic_dir
+from spleenseg.atomic import atomic_dir, output_error
 from spleenseg.dicom.nifti import save_nifti, write_json
 from spleenseg.errors import GeometryError, InputError
 from spleenseg.orientation import check_spleen_left, flip_lr_header
@@ -189,8 +189,11 @@ def build_dataset(images: str | os.PathLike, labels: str | os.PathLike, out: str
 
 def _write_case(img: nib.Nifti1Image, dst: Path, src: Path, modified: bool) -> None:
     """Copy a NIfTI as ``.nii.gz`` (re-encode only when needed: flipped header or ``.nii`` input)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
     if not modified and src.name.endswith(".nii.gz"):
-        shutil.copyfile(src, dst)  # content only: the copy gets the umask's mode, not the input's
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)  # content only: the copy gets the umask's mode, not the input's
+        except OSError as exc:
+            raise output_error(dst, exc, f"cannot copy {src} here") from exc
     else:
         save_nifti(img, dst)

@@ -14,7 +14,7 @@ import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 import highdicom as hd
 import nibabel as nib
@@ -22,12 +22,12 @@ import numpy as np
 from tqdm import tqdm
 
 from spleenseg import __version__
-from spleenseg.atomic import atomic_dir
+from spleenseg.atomic import atomic_dir, ensure_writable_dir, output_error
 from spleenseg.dicom.nifti import save_nifti, to_ras_nifti, volume_to_nifti, write_json
 from spleenseg.dicom.scan import SeriesGroup, is_localizer, read_header, scan_dicom
 from spleenseg.dicom.seg import load_label_image, read_seg_labels, referenced_series_uids, resample_label_to_image
 from spleenseg.dicom.volume import VolumeInfo, load_series_volume
-from spleenseg.errors import GeometryError, InputError, SpleensegError
+from spleenseg.errors import GeometryError, InputError, OutputError, SpleensegError
 from spleenseg.paths import inside, refuse_output_in_input
 
 log = logging.getLogger(__name__)
@@ -37,14 +37,18 @@ MANIFEST = "manifest.json"
 
 # --------------------------------------------------------------------------------------------- group
 def _place(src: str, dst: Path, link: bool) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if link:
-        try:
-            os.link(src, dst)  # hard link: survives deleting the input, costs no space
-        except OSError:
-            os.symlink(os.path.abspath(src), dst)  # other file system
-    else:
-        shutil.copyfile(src, dst)  # content only: the copy gets the umask's mode, not the input's
+    """Copy or link ``src`` to ``dst``; an OS error (full disk) is :class:`OutputError` naming ``dst``."""
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if link:
+            try:
+                os.link(src, dst)  # hard link: survives deleting the input, costs no space
+            except OSError:
+                os.symlink(os.path.abspath(src), dst)  # other file system
+        else:
+            shutil.copyfile(src, dst)  # content only: the copy gets the umask's mode, not the input's
+    except OSError as exc:
+        raise output_error(dst, exc, f"cannot {'link' if link else 'copy'} {src} here") from exc
 
 
 def _empty_or_missing(path: Path) -> bool:
@@ -139,14 +143,57 @@ def convert_group(group: SeriesGroup, out_dir: str | os.PathLike, resample: bool
     return str(path)
 
 
-def _convert_job(args: tuple[SeriesGroup, str, bool]) -> tuple[str, str | None, str | None]:
+class JobResult(NamedTuple):
+    """What one conversion job returns (plain values: it crosses process boundaries)."""
+
+    name: str
+    path: Optional[str] = None  # the NIfTI written
+    error: Optional[str] = None
+    output_failed: bool = False  # the output, not the series, failed: stops the run
+    errno: Optional[int] = None  # of the output's OSError
+
+
+def _convert_job(args: tuple[SeriesGroup, str, bool]) -> JobResult:
     group, out_dir, resample = args
     try:
-        return group.name, convert_group(group, out_dir, resample), None
+        return JobResult(group.name, path=convert_group(group, out_dir, resample))
+    except OutputError as exc:  # the output, not this series: every later series would fail the same way
+        return JobResult(group.name, error=str(exc), output_failed=True, errno=exc.errno)
     except SpleensegError as exc:
-        return group.name, None, str(exc)
+        return JobResult(group.name, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - one damaged series must not stop the others; all are listed
-        return group.name, None, f"series {group.name}: {type(exc).__name__}: {exc}"
+        return JobResult(group.name, error=f"series {group.name}: {type(exc).__name__}: {exc}")
+
+
+def _run_jobs(jobs: list[tuple[SeriesGroup, str, bool]], workers: int, progress: bool) -> list[JobResult]:
+    """Run the conversions (in ``workers`` processes); stop at the first output error (full disk, read-only
+    folder): what was written stays, complete, and the series not yet started are not tried."""
+    results: list[JobResult] = []
+    bar = tqdm(total=len(jobs), desc="converting series", unit="series", disable=not progress)
+    try:
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(_convert_job, j) for j in jobs]
+                seen = set()
+                for fut in as_completed(futures):
+                    seen.add(fut)
+                    results.append(fut.result())
+                    bar.update()
+                    if results[-1].output_failed:
+                        for other in futures:
+                            other.cancel()
+                        break
+            # leaving the pool waits for the jobs that were already running: count what they did too
+            results += [f.result() for f in futures if f not in seen and not f.cancelled()]
+        else:
+            for j in jobs:
+                results.append(_convert_job(j))
+                bar.update()
+                if results[-1].output_failed:
+                    break
+    finally:
+        bar.close()
+    return results
 
 
 def convert_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, resample: bool = False,
@@ -157,7 +204,8 @@ def convert_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, res
     Localizers (scouts, ImageType ...\\LOCALIZER) are skipped with a warning unless ``keep_localizers``: they
     are projections, not volumes, and would otherwise land among the training images.
     Series are converted in parallel (``workers`` processes). A series that fails is reported; after all the
-    others are written, :class:`GeometryError` lists every failure (so the command exits non-zero).
+    others are written, :class:`GeometryError` lists every failure (so the command exits non-zero). An output
+    that cannot be written (read-only, full) is :class:`OutputError`, one line, and stops the run.
     """
     in_dir = Path(in_dir)
     refuse_output_in_input(in_dir, out_dir)
@@ -175,29 +223,25 @@ def convert_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, res
             todo.append(g)
     if not todo:
         raise InputError(f"{in_dir}: no image series to convert")
+    try:
+        ensure_writable_dir(Path(out_dir))  # one line now, not one per series later
+    except InputError as exc:
+        raise OutputError(str(exc)) from exc
     jobs = [(g, str(out_dir), resample) for g in todo]
     written, failures = [], []
-    bar = tqdm(total=len(jobs), desc="converting series", unit="series", disable=not progress)
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_convert_job, j) for j in jobs]
-            results = []
-            for fut in as_completed(futures):
-                results.append(fut.result())
-                bar.update()
-    else:
-        results = []
-        for j in jobs:
-            results.append(_convert_job(j))
-            bar.update()
-    bar.close()
-    for name, path, error in sorted(results, key=lambda r: r[0]):
-        if error:
-            log.error("%s", error)
-            failures.append(error)
-        else:
-            written.append(path)
-    if failures:
+    results = _run_jobs(jobs, workers, progress)
+    stop = next((r for r in results if r.output_failed), None)
+    for r in sorted(results, key=lambda r: r.name):
+        if r.error and not r.output_failed:
+            failures.append(r.error)
+        elif r.path:
+            written.append(r.path)
+    if stop is not None:
+        err = OutputError(f"{stop.error}; stopped with {len(written)} of {len(jobs)} series written to {out_dir}"
+                          + (f", {len(failures)} failed:\n  " + "\n  ".join(failures) if failures else ""))
+        err.errno = stop.errno
+        raise err
+    if failures:  # listed once, here (not also logged one by one)
         raise GeometryError(f"{len(failures)} of {len(jobs)} series could not be converted "
                             f"({len(written)} written to {out_dir}):\n  " + "\n  ".join(failures))
     return written
