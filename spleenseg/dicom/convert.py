@@ -68,6 +68,8 @@ def group_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, link:
         raise InputError(f"{out}: output folder exists and is not empty; choose a new one")
     refuse_output_in_input(in_dir, out)
     groups = scan_dicom(in_dir, workers=workers, progress=progress, slices_per_group=slices_per_group)
+    for g in groups:
+        _warn_header_problems(g)
     with atomic_dir(out) as tmp:
         entries = []
         for g in tqdm(groups, desc="laying out series", unit="series", disable=not progress):
@@ -87,6 +89,15 @@ def group_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, link:
         write_json(manifest, tmp / MANIFEST)
     log.info("grouped %d series into %s", len(groups), out)
     return groups
+
+
+def _warn_header_problems(group: SeriesGroup) -> None:
+    """One warning per series whose headers hold text in a numeric field: ``group`` copies the files as they
+    are (it reads no value it would get wrong), ``to_nifti`` will refuse the series."""
+    if group.header_problems:
+        more = len(group.header_problems) - 1
+        log.warning("series %s: %s%s; copied as it is, but to_nifti will refuse this series", group.name,
+                    group.header_problems[0], f" (and {more} more file(s))" if more else "")
 
 
 def read_manifest(folder: str | os.PathLike) -> list[SeriesGroup]:
@@ -137,7 +148,7 @@ def _sidecar(group: SeriesGroup, info: VolumeInfo) -> dict[str, Any]:
 def convert_group(group: SeriesGroup, out_dir: str | os.PathLike, resample: bool = False) -> str:
     """Convert one group to ``OUT/<group.name>.nii.gz`` (+ ``.json``); returns the NIfTI path."""
     info = VolumeInfo(series=group.name, n_files=len(group.files))
-    volume = load_series_volume(group, resample=resample, info=info)
+    volume = load_series_volume(group, resample=resample, info=info, check_numbers=True)
     path = Path(out_dir) / f"{group.name}.nii.gz"
     volume_to_nifti(volume, path, sidecar=_sidecar(group, info))
     return str(path)

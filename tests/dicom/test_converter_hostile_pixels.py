@@ -19,7 +19,11 @@ import sys
 from pathlib import Path
 
 import nibabel as nib
+import pydicom
 import pytest
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
+from pydicom.uid import generate_uid
 
 from spleenseg.dataset import build_dataset
 from spleenseg.dicom.convert import convert_folder, group_folder
@@ -81,6 +85,109 @@ def pairs(tmp_path: Path) -> tuple[Path, Path]:
         nib.save(nib.Nifti1Image(ph.image, ph.affine), images / f"case_{i:02d}.nii.gz")
         nib.save(nib.Nifti1Image(ph.label, ph.affine), labels / f"case_{i:02d}.nii.gz")
     return images, labels
+
+
+# --------------------------------------------------------------------------------------------- pixels and headers
+def _set_raw(paths: list[Path], keyword: str, text: str, vr: str) -> None:
+    """Store ``text`` as the element's bytes, bypassing pydicom's validation (as a damaged export would)."""
+    value = text.encode() + b" " * (len(text) % 2)
+    tag = Tag(pydicom.datadict.tag_for_keyword(keyword))
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
+        ds.save_as(path)
+
+
+def _edit(paths: list[Path], change) -> None:
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        change(ds)
+        ds.save_as(path)
+
+
+def _truncate(paths: list[Path]) -> None:
+    for path in paths:
+        path.write_bytes(path.read_bytes()[:-500])  # the file ends 500 bytes into the last element, PixelData
+
+
+def _halve_pixels(ds: pydicom.Dataset) -> None:
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+
+
+def _bits(n: int):
+    def change(ds: pydicom.Dataset) -> None:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = n, n, n - 1
+    return change
+
+
+def _huge(ds: pydicom.Dataset) -> None:
+    ds.Rows = ds.Columns = 65535  # 4 Gi pixels declared, 2880 bytes stored
+
+
+#: Damaged series beside one good one: file prefix -> (damage, the line's expected text after "<file>: ").
+BAD = {
+    "TRUNC": (lambda p: _truncate(p[3:4]), r"pixel data is 2380 bytes but Rows 36 x Columns 40 x 1 frame\(s\) at "
+              r"BitsAllocated 16 need 2880; the file is truncated"),
+    "SHORT": (lambda p: _edit(p[2:3], _halve_pixels), r"pixel data is 1440 bytes but .* need 2880"),
+    "BITSA": (lambda p: _edit(p[2:3], _bits(8)), r"pixel data is 2880 bytes but .* at BitsAllocated 8 describe 1440; "
+              r"BitsAllocated, Rows, Columns or NumberOfFrames do not match the data"),
+    "BITSB": (lambda p: _edit(p, _bits(32)), r"pixel data is 2880 bytes but .* at BitsAllocated 32 need 5760"),
+    "HUGE": (lambda p: _edit(p, _huge), r"Rows 65535 x Columns 65535 x 1 frame\(s\) = 4,294,836,225 pixels, more "
+             r"than the limit"),
+    "THICK": (lambda p: _set_raw(p, "SliceThickness", "abc", "DS"), r"SliceThickness 'abc' is not a number"),
+    "SERNUM": (lambda p: _set_raw(p, "SeriesNumber", "abc", "IS"), r"SeriesNumber 'abc' is not an integer"),
+    "NEGSP": (lambda p: _set_raw(p, "PixelSpacing", "-0.7\\0.7", "DS"), r"PixelSpacing '.*' is not two positive"),
+}
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory, good: Path) -> Path:
+    """The good series plus one series per damage of :data:`BAD` (files ``<PREFIX>0001.dcm``...)."""
+    folder = tmp_path_factory.mktemp("zoo") / "ct"
+    shutil.copytree(good, folder)
+    for i, (prefix, (damage, _)) in enumerate(BAD.items()):
+        paths = write_dicom_series(make_phantom(random_spec(21 + i, shape=SHAPE)), folder, series_number=10 + i,
+                                   file_prefix=prefix, series_uid=generate_uid(entropy_srcs=[prefix]))
+        damage(list(paths))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def zoo_to_nifti(tmp_path_factory: pytest.TempPathFactory, zoo: Path):
+    """``to_nifti`` run once on the zoo: (process, output folder, input before the run)."""
+    before = _snapshot(zoo)
+    out = tmp_path_factory.mktemp("zoo_out") / "nifti"
+    return _prepare("to_nifti", str(zoo), str(out), "--workers", "1"), out, before
+
+
+@pytest.mark.parametrize("prefix", list(BAD))
+def test_each_damaged_series_is_one_line_naming_its_file(zoo_to_nifti, prefix: str) -> None:
+    proc, _, _ = zoo_to_nifti
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in _errors(proc) if re.search(rf"/{prefix}\d{{4}}\.dcm", line)]
+    assert len(lines) == 1, "\n".join(_errors(proc))  # listed once: not also logged, not repeated
+    assert re.search(rf"/{prefix}\d{{4}}\.dcm: {BAD[prefix][1]}", lines[0]), lines[0]
+
+
+def test_the_good_series_is_converted_and_nothing_else_is_written(zoo_to_nifti, zoo: Path) -> None:
+    proc, out, before = zoo_to_nifti
+    assert f"error: {len(BAD)} of {len(BAD) + 1} series could not be converted (1 written" in proc.stderr, \
+        proc.stderr[-3000:]
+    [sidecar, nifti] = sorted(out.iterdir())  # one pair, no temporaries
+    assert sidecar.name.endswith(".json") and not sidecar.name.startswith(".") and nifti.name.endswith(".nii.gz")
+    assert nib.load(nifti).shape == SHAPE
+    assert _snapshot(zoo) == before
+
+
+def test_group_names_text_header_values_once_and_copies_every_series(tmp_path: Path, zoo: Path) -> None:
+    out = tmp_path / "grouped"
+    proc = _prepare("group", str(zoo), str(out), "--workers", "1")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for prefix in ("THICK", "SERNUM"):
+        lines = [line for line in _errors(proc) if f"/{prefix}" in line]
+        assert len(lines) == 1 and re.search(rf"/{prefix}\d{{4}}\.dcm: {BAD[prefix][1]}.*to_nifti will refuse",
+                                             lines[0]), "\n".join(_errors(proc))
+    assert len(json.loads((out / "manifest.json").read_text())["series"]) == len(BAD) + 1
 
 
 # --------------------------------------------------------------------------------------------- outputs
