@@ -100,23 +100,56 @@ def _warn_header_problems(group: SeriesGroup) -> None:
                     group.header_problems[0], f" (and {more} more file(s))" if more else "")
 
 
+#: Types that a manifest entry's values must have, by the annotation of the SeriesGroup field they fill.
+_MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "int": (int,), "bool": (bool,), "int | None": (int, type(None)),
+    "float | None": (int, float, type(None)), "list[str]": (list,), "list[float]": (list,),
+    "list[float] | None": (list, type(None)),
+}
+
+
+def _check_manifest_entry(entry: Any, where: str) -> None:
+    """Refuse an entry whose values are not what ``group`` writes (text where a number belongs, a string where a
+    list of file names belongs): later steps would crash on them or, worse, read a string's letters as files."""
+    if not isinstance(entry, dict):
+        raise InputError(f"{where}: malformed manifest (a series entry is {type(entry).__name__}, not an object)")
+    hints = {**{f.name: f.type for f in SeriesGroup.__dataclass_fields__.values()}, "files": "list[str]"}
+    for key, value in entry.items():
+        types = _MANIFEST_TYPES.get(str(hints.get(key)))
+        if types is None:
+            continue  # not a field group reads back (source_files, folder, slice_count...)
+        bad = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        if not bad and isinstance(value, list):
+            item = (str,) if hints[key] == "list[str]" else (int, float)
+            bad = not all(isinstance(v, item) and not isinstance(v, bool) for v in value)
+        if bad:
+            raise InputError(f"{where}: malformed manifest (series {str(entry.get('name'))[:80]!r}: {key} is "
+                             f"{str(value)[:80]!r}, expected {hints[key]})")
+
+
 def read_manifest(folder: str | os.PathLike) -> list[SeriesGroup]:
     """Series groups of a ``group`` output, file paths made absolute."""
     folder = Path(folder)
+    where = folder / MANIFEST
     try:
-        data = json.loads((folder / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{folder / MANIFEST}: unreadable manifest ({exc})") from exc
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: invalid JSON, or bytes that are not UTF-8
+        raise InputError(f"{where}: unreadable manifest ({exc})") from exc
     groups = []
+    names: set[str] = set()
     try:
         for entry in data.get("series", []):
+            _check_manifest_entry(entry, str(where))
             g = SeriesGroup.from_dict(entry)
-            if not g.name or Path(g.name).name != g.name or g.name in (".", ".."):
-                raise InputError(f"{folder / MANIFEST}: series name {g.name!r} is not a plain file name")
-            g.files = [str(inside(folder, f, f"file entry of {folder / MANIFEST}")) for f in entry["files"]]
+            if not g.name or Path(g.name).name != g.name or g.name in (".", "..") or "\x00" in g.name:
+                raise InputError(f"{where}: series name {g.name!r} is not a plain file name")
+            if g.name in names:  # two series would be written to one file, the second over the first
+                raise InputError(f"{where}: series name {g.name!r} appears twice")
+            names.add(g.name)
+            g.files = [str(inside(folder, f, f"file entry of {where}")) for f in entry["files"]]
             groups.append(g)
-    except (AttributeError, KeyError, TypeError) as exc:
-        raise InputError(f"{folder / MANIFEST}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from exc
     return groups
 
 

@@ -273,3 +273,41 @@ def test_dataset_on_a_full_disk_leaves_no_output(tmp_path: Path, pairs, monkeypa
     assert re.fullmatch(rf"{re.escape(str(out))}/imagesTr/case_0\d\.nii\.gz: cannot copy \S+ here "
                         r"\(No space left on device\)", str(err.value)), str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "labels"]
+
+
+# --------------------------------------------------------------------------------------------- manifests
+@pytest.fixture
+def grouped(tmp_path: Path, good: Path) -> Path:
+    out = tmp_path / "grouped"
+    group_folder(good, out, progress=False)
+    return out
+
+
+def _garble_bytes(manifest: Path) -> None:
+    manifest.write_bytes(b"\xff\xfe" + manifest.read_bytes())
+
+
+def _edit_series(change):
+    def edit(manifest: Path) -> None:
+        data = json.loads(manifest.read_text())
+        change(data["series"])
+        manifest.write_text(json.dumps(data))
+    return edit
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_garble_bytes, "unreadable manifest ('utf-8' codec can't decode"),
+    (_edit_series(lambda s: s[0].update(rows="abc")), "malformed manifest (series '"),
+    (_edit_series(lambda s: s[0].update(files="IM0001.dcm")), "files is 'IM0001.dcm', expected list[str]"),
+    (_edit_series(lambda s: s.append(dict(s[0]))), "appears twice"),
+], ids=["not-utf8", "text-rows", "files-string", "duplicate-name"])
+def test_malformed_manifest_is_one_line_and_nothing_is_written(tmp_path: Path, grouped: Path, damage,
+                                                               message: str) -> None:
+    damage(grouped / "manifest.json")
+    out = tmp_path / "nifti"
+    proc = _prepare("to_nifti", str(grouped), str(out))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = _errors(proc)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {grouped / 'manifest.json'}: ") and message in lines[0], \
+        "\n".join(lines)
+    assert not out.exists()
