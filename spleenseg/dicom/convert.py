@@ -302,7 +302,10 @@ def _is_dicom_seg(path: Path) -> bool:
 def _image_grid(image: Path, series_uids: set[str]) -> tuple[Any, Any]:
     """(nibabel image, highdicom volume or None) of the image a label must align with."""
     if image.is_file() and image.name.endswith((".nii", ".nii.gz")):
-        return nib.load(image), None
+        try:
+            return nib.load(image), None
+        except Exception as exc:  # noqa: BLE001 - nibabel raises several kinds on foreign files
+            raise InputError(f"{image}: not a readable NIfTI image ({exc})") from exc
     groups = [g for g in scan_dicom(image) if g.is_image_volume]
     if series_uids:
         groups = [g for g in groups if g.series_uid in series_uids] or groups

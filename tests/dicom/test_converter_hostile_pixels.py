@@ -1,5 +1,5 @@
-"""Damaged pixels, headers, outputs, manifests and label files given to ``prepare_data.py to_nifti``, ``group``
-and ``dataset``: one clear line naming the file and the problem, exit code 2, no traceback, nothing
+"""Damaged pixels, headers, outputs, manifests and label files given to ``prepare_data.py to_nifti``, ``group``,
+``dataset`` and ``labels``: one clear line naming the file and the problem, exit code 2, no traceback, nothing
 half-written, the input unchanged; in ``to_nifti`` one bad series never stops the good ones, and every failure
 is listed once at the end.
 
@@ -11,6 +11,7 @@ injected in-process at the write layer, and a read-only folder an ``OSError`` (E
 from __future__ import annotations
 
 import errno
+import gzip
 import json
 import re
 import shutil
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pydicom
 import pytest
 from pydicom.dataelem import RawDataElement
@@ -310,4 +312,43 @@ def test_malformed_manifest_is_one_line_and_nothing_is_written(tmp_path: Path, g
     lines = _errors(proc)
     assert len(lines) == 1 and lines[0].startswith(f"error: {grouped / 'manifest.json'}: ") and message in lines[0], \
         "\n".join(lines)
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------- label files
+def _random_bytes(path: Path) -> None:
+    path.write_bytes(np.random.default_rng(0).bytes(3000))
+
+
+def _cut_gzip(path: Path) -> None:
+    data = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(data, compresslevel=0)[:-400])  # the header reads, the voxels end early
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_random_bytes, "not a readable NIfTI label (File "),
+    (_cut_gzip, "cannot read the voxels of this NIfTI label (EOFError"),
+], ids=["random-bytes", "cut-gzip"])
+def test_dataset_with_a_broken_label_file_is_one_line(tmp_path: Path, pairs, damage, message: str) -> None:
+    images, labels = pairs
+    bad = labels / "case_01.nii.gz"
+    damage(bad)
+    before = _snapshot(tmp_path)
+    out = tmp_path / "ds"
+    proc = _prepare("dataset", str(images), str(labels), str(out))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = _errors(proc)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: {message}"), "\n".join(lines)
+    assert _snapshot(tmp_path) == before  # nothing written, input unchanged
+
+
+def test_labels_with_a_random_bytes_nrrd_is_one_line(tmp_path: Path, pairs) -> None:
+    images, _ = pairs
+    label = tmp_path / "label.nrrd"
+    _random_bytes(label)
+    out = tmp_path / "aligned.nii.gz"
+    proc = _prepare("labels", str(label), str(images / "case_00.nii.gz"), str(out))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = _errors(proc)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {label}: not a readable NRRD label map"), "\n".join(lines)
     assert not out.exists()
