@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from spleenseg.errors import InputError
+from spleenseg.errors import InputError, OutputError
 
 
 def umask_mode(base: int = 0o666) -> int:
@@ -21,6 +21,19 @@ def umask_mode(base: int = 0o666) -> int:
     mask = os.umask(0)
     os.umask(mask)
     return base & ~mask
+
+
+def output_error(path: str | os.PathLike, exc: OSError, action: str = "cannot write") -> OutputError:
+    """One line naming the output ``path`` and the system's reason (``No space left on device``...).
+
+    Why: an ``OSError`` from deep inside a writer (gzip, sendfile, a temporary name) reaches the user as a
+    traceback naming a hidden temporary file; they need the output they asked for and what stopped it.
+    """
+    if isinstance(exc, OutputError):
+        return exc
+    err = OutputError(f"{path}: {action} ({exc.strerror or exc})")
+    err.errno = exc.errno
+    return err
 
 
 def make_temp_file(path: Path, suffix: str) -> Path:
@@ -89,10 +102,18 @@ def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
     except OSError as exc:
         raise InputError(f"{path}: cannot write the output folder ({exc.strerror or exc})") from exc
     try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        try:
+            yield tmp
+        except OutputError as exc:  # name the folder the user asked for, not the hidden one being built
+            renamed = OutputError(str(exc).replace(str(tmp), str(path)))
+            renamed.errno = exc.errno
+            raise renamed from exc
+        try:
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except OSError as exc:  # e.g. an empty output folder that is a read-only mount point
+            raise output_error(path, exc, "cannot replace the output folder") from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -21,16 +21,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from spleenseg.errors import OrientationWarning
+
 log = logging.getLogger(__name__)
 
 #: Body voxels in CT: everything denser than lung/air.
 BODY_HU = -500.0
 #: Centroid closer than this to the body midline (mm) is "undecided" (no warning either way).
 MIDLINE_MARGIN_MM = 10.0
-
-
-class OrientationWarning(UserWarning):
-    """The spleen sits on the patient's right: probably a mirrored header."""
 
 
 @dataclass

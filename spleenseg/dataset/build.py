@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from spleenseg.atomic import atomic_dir
+from spleenseg.atomic import atomic_dir, output_error
 from spleenseg.dicom.nifti import save_nifti, write_json
 from spleenseg.errors import GeometryError, InputError
 from spleenseg.orientation import check_spleen_left, flip_lr_header
@@ -113,6 +113,24 @@ def validate_pair(image: nib.Nifti1Image, label: nib.Nifti1Image, case: str, org
                          "(spleen = 1); select the spleen label first")
 
 
+def _load(path: Path, what: str) -> nib.Nifti1Image:
+    """``nib.load``, or :class:`InputError` naming the file when it is not NIfTI (random bytes, another format)."""
+    try:
+        return nib.load(path)
+    except Exception as exc:  # noqa: BLE001 - nibabel raises several kinds on foreign files
+        raise InputError(f"{path}: not a readable NIfTI {what} ({exc})") from exc
+
+
+def _voxels(img: nib.Nifti1Image, path: Path, what: str) -> np.ndarray:
+    """The voxels, or :class:`InputError` naming the file: data cut short or corrupt (a header that parses, then
+    a broken gzip stream) fails here with the file's name, not as a traceback from inside a later check."""
+    try:
+        return np.asarray(img.dataobj)
+    except Exception as exc:  # noqa: BLE001 - EOFError, zlib.error, OSError, ValueError...
+        raise InputError(f"{path}: cannot read the voxels of this NIfTI {what} ({type(exc).__name__}: {exc})") \
+            from exc
+
+
 def label_names(organs: bool) -> dict[str, str]:
     """``dataset.json``'s ``labels``: the organ scheme, or background/spleen for spleen-only labels."""
     return {str(v): k for k, v in ORGAN_LABELS.items()} if organs else {"0": "background", "1": "spleen"}
@@ -155,24 +173,30 @@ def build_dataset(images: str | os.PathLike, labels: str | os.PathLike, out: str
     loaded = []
     flipped = []
     for pair in tqdm(pairs, desc="validating pairs", unit="case", disable=not progress):
-        img, lab = nib.load(pair.image), nib.load(pair.label)
+        img, lab = _load(pair.image, "image"), _load(pair.label, "label")
+        lab_data = _voxels(lab, pair.label, "label")
         if spleen_label is not None:
-            lab = nib.Nifti1Image((np.asarray(lab.dataobj) == spleen_label).astype(np.uint8), lab.affine, lab.header)
-        validate_pair(img, lab, pair.case, organs)
-        side = check_spleen_left(lab, img, name=str(pair.label))
+            lab = nib.Nifti1Image((lab_data == spleen_label).astype(np.uint8), lab.affine, lab.header)
+            lab_data = np.asarray(lab.dataobj)
+        checked = nib.Nifti1Image(lab_data, lab.affine, lab.header)  # read once, for the checks only
+        validate_pair(img, checked, pair.case, organs)
+        body = nib.Nifti1Image(_voxels(img, pair.image, "image"), img.affine, img.header)
+        side = check_spleen_left(checked, body, name=str(pair.label))
+        del checked, body, lab_data
         if side.side == "right" and flip_lr:
             img, lab = flip_lr_header(img), flip_lr_header(lab, img.shape, img.affine)
             flipped.append(pair.case)
             log.warning("case %s: header mirrored left/right (--flip-lr)", pair.case)
         loaded.append((pair, img, lab))
+    test_images = [(path, _load(path, "image")) for path in tests]
     train, val = split_cases([p.case for p in pairs], val_fraction, seed)
     with atomic_dir(out) as tmp:
         for pair, img, lab in tqdm(loaded, desc="writing dataset", unit="case", disable=not progress):
             _write_case(img, tmp / "imagesTr" / f"{pair.case}.nii.gz", pair.image, pair.case in flipped)
             save_nifti(nib.Nifti1Image(np.asarray(lab.dataobj).astype(np.uint8), lab.affine, lab.header),
                        tmp / "labelsTr" / f"{pair.case}.nii.gz")
-        for img_path in tests:
-            _write_case(nib.load(img_path), tmp / "imagesTs" / f"{_stem(img_path)}.nii.gz", img_path, False)
+        for img_path, img in test_images:
+            _write_case(img, tmp / "imagesTs" / f"{_stem(img_path)}.nii.gz", img_path, False)
         meta = {
             "name": name, "description": description, "tensorImageSize": "3D", "modality": {"0": "CT"},
             "labels": label_names(organs),
@@ -189,8 +213,11 @@ def build_dataset(images: str | os.PathLike, labels: str | os.PathLike, out: str
 
 def _write_case(img: nib.Nifti1Image, dst: Path, src: Path, modified: bool) -> None:
     """Copy a NIfTI as ``.nii.gz`` (re-encode only when needed: flipped header or ``.nii`` input)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
     if not modified and src.name.endswith(".nii.gz"):
-        shutil.copyfile(src, dst)  # content only: the copy gets the umask's mode, not the input's
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)  # content only: the copy gets the umask's mode, not the input's
+        except OSError as exc:
+            raise output_error(dst, exc, f"cannot copy {src} here") from exc
     else:
         save_nifti(img, dst)

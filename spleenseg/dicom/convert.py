@@ -14,7 +14,7 @@ import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 import highdicom as hd
 import nibabel as nib
@@ -22,12 +22,12 @@ import numpy as np
 from tqdm import tqdm
 
 from spleenseg import __version__
-from spleenseg.atomic import atomic_dir, ensure_writable_dir, make_temp_dir
+from spleenseg.atomic import atomic_dir, ensure_writable_dir, make_temp_dir, output_error
 from spleenseg.dicom.nifti import save_nifti, sidecar_path, to_ras_nifti, volume_to_nifti, write_json
 from spleenseg.dicom.scan import SeriesGroup, is_localizer, read_header, scan_dicom
 from spleenseg.dicom.seg import load_label_image, read_seg_labels, referenced_series_uids, resample_label_to_image
 from spleenseg.dicom.volume import VolumeInfo, load_series_volume
-from spleenseg.errors import GeometryError, InputError, SpleensegError
+from spleenseg.errors import GeometryError, InputError, OutputError, SpleensegError
 from spleenseg.paths import inside, refuse_output_in_input
 from spleenseg.shard import MANIFEST, Shard, check_shard_output
 
@@ -36,14 +36,18 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------- group
 def _place(src: str, dst: Path, link: bool) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if link:
-        try:
-            os.link(src, dst)  # hard link: survives deleting the input, costs no space
-        except OSError:
-            os.symlink(os.path.abspath(src), dst)  # other file system
-    else:
-        shutil.copyfile(src, dst)  # content only: the copy gets the umask's mode, not the input's
+    """Copy or link ``src`` to ``dst``; an OS error (full disk) is :class:`OutputError` naming ``dst``."""
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if link:
+            try:
+                os.link(src, dst)  # hard link: survives deleting the input, costs no space
+            except OSError:
+                os.symlink(os.path.abspath(src), dst)  # other file system
+        else:
+            shutil.copyfile(src, dst)  # content only: the copy gets the umask's mode, not the input's
+    except OSError as exc:
+        raise output_error(dst, exc, f"cannot {'link' if link else 'copy'} {src} here") from exc
 
 
 def _empty_or_missing(path: Path) -> bool:
@@ -110,6 +114,9 @@ def group_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, link:
         raise InputError(f"{out}: output folder exists and is not empty; choose a new one")
     refuse_output_in_input(in_dir, out)
     groups = scan_dicom(in_dir, workers=workers, progress=progress, slices_per_group=slices_per_group)
+    for g in groups:
+        if shard is None or shard.owns(g.series_uid):  # a shard reports its own series only
+            _warn_header_problems(g)
     manifest = {"created_by": f"spleenseg {__version__} prepare_data.py group", "source": str(in_dir),
                 "linked": bool(link), "slices_per_group": slices_per_group}
     if shard is not None:
@@ -121,23 +128,65 @@ def group_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, link:
     return groups
 
 
+def _warn_header_problems(group: SeriesGroup) -> None:
+    """One warning per series whose headers hold text in a numeric field: ``group`` copies the files as they
+    are (it reads no value it would get wrong), ``to_nifti`` will refuse the series."""
+    if group.header_problems:
+        more = len(group.header_problems) - 1
+        log.warning("series %s: %s%s; copied as it is, but to_nifti will refuse this series", group.name,
+                    group.header_problems[0], f" (and {more} more file(s))" if more else "")
+
+
+#: Types that a manifest entry's values must have, by the annotation of the SeriesGroup field they fill.
+_MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "int": (int,), "bool": (bool,), "int | None": (int, type(None)),
+    "float | None": (int, float, type(None)), "list[str]": (list,), "list[float]": (list,),
+    "list[float] | None": (list, type(None)),
+}
+
+
+def _check_manifest_entry(entry: Any, where: str) -> None:
+    """Refuse an entry whose values are not what ``group`` writes (text where a number belongs, a string where a
+    list of file names belongs): later steps would crash on them or, worse, read a string's letters as files."""
+    if not isinstance(entry, dict):
+        raise InputError(f"{where}: malformed manifest (a series entry is {type(entry).__name__}, not an object)")
+    hints = {**{f.name: f.type for f in SeriesGroup.__dataclass_fields__.values()}, "files": "list[str]"}
+    for key, value in entry.items():
+        types = _MANIFEST_TYPES.get(str(hints.get(key)))
+        if types is None:
+            continue  # not a field group reads back (source_files, folder, slice_count...)
+        bad = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        if not bad and isinstance(value, list):
+            item = (str,) if hints[key] == "list[str]" else (int, float)
+            bad = not all(isinstance(v, item) and not isinstance(v, bool) for v in value)
+        if bad:
+            raise InputError(f"{where}: malformed manifest (series {str(entry.get('name'))[:80]!r}: {key} is "
+                             f"{str(value)[:80]!r}, expected {hints[key]})")
+
+
 def read_manifest(folder: str | os.PathLike) -> list[SeriesGroup]:
     """Series groups of a ``group`` output, file paths made absolute."""
     folder = Path(folder)
+    where = folder / MANIFEST
     try:
-        data = json.loads((folder / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{folder / MANIFEST}: unreadable manifest ({exc})") from exc
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: invalid JSON, or bytes that are not UTF-8
+        raise InputError(f"{where}: unreadable manifest ({exc})") from exc
     groups = []
+    names: set[str] = set()
     try:
         for entry in data.get("series", []):
+            _check_manifest_entry(entry, str(where))
             g = SeriesGroup.from_dict(entry)
-            if not g.name or Path(g.name).name != g.name or g.name in (".", ".."):
-                raise InputError(f"{folder / MANIFEST}: series name {g.name!r} is not a plain file name")
-            g.files = [str(inside(folder, f, f"file entry of {folder / MANIFEST}")) for f in entry["files"]]
+            if not g.name or Path(g.name).name != g.name or g.name in (".", "..") or "\x00" in g.name:
+                raise InputError(f"{where}: series name {g.name!r} is not a plain file name")
+            if g.name in names:  # two series would be written to one file, the second over the first
+                raise InputError(f"{where}: series name {g.name!r} appears twice")
+            names.add(g.name)
+            g.files = [str(inside(folder, f, f"file entry of {where}")) for f in entry["files"]]
             groups.append(g)
-    except (AttributeError, KeyError, TypeError) as exc:
-        raise InputError(f"{folder / MANIFEST}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from exc
     return groups
 
 
@@ -169,20 +218,63 @@ def _sidecar(group: SeriesGroup, info: VolumeInfo) -> dict[str, Any]:
 def convert_group(group: SeriesGroup, out_dir: str | os.PathLike, resample: bool = False) -> str:
     """Convert one group to ``OUT/<group.name>.nii.gz`` (+ ``.json``); returns the NIfTI path."""
     info = VolumeInfo(series=group.name, n_files=len(group.files))
-    volume = load_series_volume(group, resample=resample, info=info)
+    volume = load_series_volume(group, resample=resample, info=info, check_numbers=True)
     path = Path(out_dir) / f"{group.name}.nii.gz"
     volume_to_nifti(volume, path, sidecar=_sidecar(group, info))
     return str(path)
 
 
-def _convert_job(args: tuple[SeriesGroup, str, bool]) -> tuple[str, str | None, str | None]:
+class JobResult(NamedTuple):
+    """What one conversion job returns (plain values: it crosses process boundaries)."""
+
+    name: str
+    path: Optional[str] = None  # the NIfTI written
+    error: Optional[str] = None
+    output_failed: bool = False  # the output, not the series, failed: stops the run
+    errno: Optional[int] = None  # of the output's OSError
+
+
+def _convert_job(args: tuple[SeriesGroup, str, bool]) -> JobResult:
     group, out_dir, resample = args
     try:
-        return group.name, convert_group(group, out_dir, resample), None
+        return JobResult(group.name, path=convert_group(group, out_dir, resample))
+    except OutputError as exc:  # the output, not this series: every later series would fail the same way
+        return JobResult(group.name, error=str(exc), output_failed=True, errno=exc.errno)
     except SpleensegError as exc:
-        return group.name, None, str(exc)
+        return JobResult(group.name, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - one damaged series must not stop the others; all are listed
-        return group.name, None, f"series {group.name}: {type(exc).__name__}: {exc}"
+        return JobResult(group.name, error=f"series {group.name}: {type(exc).__name__}: {exc}")
+
+
+def _run_jobs(jobs: list[tuple[SeriesGroup, str, bool]], workers: int, progress: bool) -> list[JobResult]:
+    """Run the conversions (in ``workers`` processes); stop at the first output error (full disk, read-only
+    folder): what was written stays, complete, and the series not yet started are not tried."""
+    results: list[JobResult] = []
+    bar = tqdm(total=len(jobs), desc="converting series", unit="series", disable=not progress)
+    try:
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(_convert_job, j) for j in jobs]
+                seen = set()
+                for fut in as_completed(futures):
+                    seen.add(fut)
+                    results.append(fut.result())
+                    bar.update()
+                    if results[-1].output_failed:
+                        for other in futures:
+                            other.cancel()
+                        break
+            # leaving the pool waits for the jobs that were already running: count what they did too
+            results += [f.result() for f in futures if f not in seen and not f.cancelled()]
+        else:
+            for j in jobs:
+                results.append(_convert_job(j))
+                bar.update()
+                if results[-1].output_failed:
+                    break
+    finally:
+        bar.close()
+    return results
 
 
 def _skip_reason(g: SeriesGroup, modality: str | None, keep_localizers: bool) -> tuple[int, str] | None:
@@ -204,7 +296,8 @@ def convert_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, res
     Localizers (scouts, ImageType ...\\LOCALIZER) are skipped with a warning unless ``keep_localizers``: they
     are projections, not volumes, and would otherwise land among the training images.
     Series are converted in parallel (``workers`` processes). A series that fails is reported; after all the
-    others are written, :class:`GeometryError` lists every failure (so the command exits non-zero).
+    others are written, :class:`GeometryError` lists every failure (so the command exits non-zero). An output
+    that cannot be written (read-only, full) is :class:`OutputError`, one line, and stops the run.
     With ``shard``, only the series the shard owns are converted and, once all of them are written,
     ``OUT/manifest.shard-I-of-N.json`` lists them (:func:`spleenseg.shard.merge_manifests` joins the shards).
     """
@@ -223,6 +316,10 @@ def convert_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, res
             log.log(*skip)
     if not todo:
         raise InputError(f"{in_dir}: no image series to convert")
+    try:
+        ensure_writable_dir(Path(out_dir))  # one line now, not one per series later
+    except InputError as exc:
+        raise OutputError(str(exc)) from exc
     positions = list(range(len(todo))) if shard is None else shard.positions(todo)
     written = _convert_all([todo[i] for i in positions], out_dir, resample, workers, progress)
     if shard is not None:  # written last: a shard manifest says every series of the shard is in place
@@ -242,30 +339,23 @@ def _nifti_entry(group: SeriesGroup) -> dict[str, Any]:
 
 def _convert_all(todo: list[SeriesGroup], out_dir: str | os.PathLike, resample: bool, workers: int,
                  progress: bool) -> list[str]:
-    """Convert the groups (in parallel with ``workers`` > 1); raises GeometryError listing every failure."""
+    """Convert the groups (in parallel with ``workers`` > 1); raises GeometryError listing every failure, or
+    OutputError at the first output that cannot be written."""
     jobs = [(g, str(out_dir), resample) for g in todo]
     written, failures = [], []
-    bar = tqdm(total=len(jobs), desc="converting series", unit="series", disable=not progress)
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_convert_job, j) for j in jobs]
-            results = []
-            for fut in as_completed(futures):
-                results.append(fut.result())
-                bar.update()
-    else:
-        results = []
-        for j in jobs:
-            results.append(_convert_job(j))
-            bar.update()
-    bar.close()
-    for name, path, error in sorted(results, key=lambda r: r[0]):
-        if error:
-            log.error("%s", error)
-            failures.append(error)
-        else:
-            written.append(path)
-    if failures:
+    results = _run_jobs(jobs, workers, progress)
+    stop = next((r for r in results if r.output_failed), None)
+    for r in sorted(results, key=lambda r: r.name):
+        if r.error and not r.output_failed:
+            failures.append(r.error)
+        elif r.path:
+            written.append(r.path)
+    if stop is not None:
+        err = OutputError(f"{stop.error}; stopped with {len(written)} of {len(jobs)} series written to {out_dir}"
+                          + (f", {len(failures)} failed:\n  " + "\n  ".join(failures) if failures else ""))
+        err.errno = stop.errno
+        raise err
+    if failures:  # listed once, here (not also logged one by one)
         raise GeometryError(f"{len(failures)} of {len(jobs)} series could not be converted "
                             f"({len(written)} written to {out_dir}):\n  " + "\n  ".join(failures))
     return written
@@ -282,7 +372,10 @@ def _is_dicom_seg(path: Path) -> bool:
 def _image_grid(image: Path, series_uids: set[str]) -> tuple[Any, Any]:
     """(nibabel image, highdicom volume or None) of the image a label must align with."""
     if image.is_file() and image.name.endswith((".nii", ".nii.gz")):
-        return nib.load(image), None
+        try:
+            return nib.load(image), None
+        except Exception as exc:  # noqa: BLE001 - nibabel raises several kinds on foreign files
+            raise InputError(f"{image}: not a readable NIfTI image ({exc})") from exc
     groups = [g for g in scan_dicom(image) if g.is_image_volume]
     if series_uids:
         groups = [g for g in groups if g.series_uid in series_uids] or groups

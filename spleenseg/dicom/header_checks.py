@@ -8,7 +8,9 @@ Two kinds of finding:
 
 * :func:`unusable_reason` names a value that makes the pixels meaningless (the instance must be skipped);
 * :func:`repair_optional` blanks, in memory only, optional values that are not valid (a date, a SeriesNumber),
-  and says which, so a SEG can still be written without copying an invalid value into it.
+  and says which, so a SEG can still be written without copying an invalid value into it;
+* :func:`not_a_number_reason` names a SliceThickness or SeriesNumber that is text: the converter, which records
+  both in its side-car and names its outputs by the series number, refuses such a series (see there).
 """
 
 from __future__ import annotations
@@ -66,6 +68,24 @@ def unusable_reason(ds: pydicom.Dataset, check_uids: bool = True) -> str | None:
     spacing = _numbers(_raw(ds, "PixelSpacing"))
     if spacing is not None and (len(spacing) != 2 or not all(math.isfinite(v) and v > 0 for v in spacing)):
         return f"PixelSpacing '{_raw(ds, 'PixelSpacing')}' is not two positive numbers (mm)"
+    return None
+
+
+def not_a_number_reason(ds: pydicom.Dataset) -> str | None:
+    """A SliceThickness or SeriesNumber that is present but not a number, or ``None``.
+
+    Why refuse (the converter) rather than blank (the app, :func:`repair_optional`): the converter's outputs
+    are training data named by the series number and described by their side-car; text in a numeric field
+    means a damaged or hand-edited header, and a series silently named ``nonum`` with no slice thickness would
+    hide that. The app only copies these values into a SEG, so it drops them and keeps going.
+    """
+    thickness = _raw(ds, "SliceThickness")
+    values = _numbers(thickness)
+    if values is not None and (len(values) != 1 or not math.isfinite(values[0])):
+        return f"SliceThickness '{str(thickness)[:80]}' is not a number (mm)"
+    number = _raw(ds, "SeriesNumber")
+    if number and not re.fullmatch(r"[+-]?\d{1,12}", number):
+        return f"SeriesNumber '{number[:80]}' is not an integer"
     return None
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import highdicom as hd
 import nibabel as nib
 import numpy as np
 
-from spleenseg.atomic import make_temp_file
+from spleenseg.atomic import make_temp_file, output_error
 
 #: Integer types tried in order; the first that holds every value exactly is stored.
 _INT_TYPES = (np.int16, np.uint16, np.int32)
@@ -60,31 +60,56 @@ def to_ras_nifti(volume: hd.Volume, dtype: np.dtype | None = None) -> nib.Nifti1
 
 
 def atomic_write_bytes(path: str | os.PathLike, writer: Any, suffix: str) -> None:
-    """Call ``writer(tmp_path)`` then move the result into place, so no half-written file is ever seen."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_file(path, suffix)
+    """Call ``writer(tmp_path)`` then move the result into place, so no half-written file is ever seen.
+
+    An ``OSError`` (read-only folder, full disk) becomes :class:`~spleenseg.errors.OutputError` naming ``path``.
+    """
+    atomic_write_all([(path, writer, suffix)])
+
+
+def atomic_write_all(items: Sequence[tuple[str | os.PathLike, Callable[[Any], Any], str]]) -> None:
+    """Write every ``(path, writer, suffix)`` to a temporary file first, then move them all into place.
+
+    Why: a NIfTI and its JSON side-car belong together; when the disk fills up while the second is written,
+    neither appears (a volume without its side-car would later be converted or trained on without its record).
+    """
+    done: list[tuple[Path, Path]] = []
+    current = Path(items[0][0]) if items else Path()
     try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for path, writer, suffix in items:
+            current = Path(path)
+            current.parent.mkdir(parents=True, exist_ok=True)
+            tmp = make_temp_file(current, suffix)
+            done.append((tmp, current))
+            writer(tmp)
+        for tmp, target in done:
+            current = target
+            os.replace(tmp, target)
+    except OSError as exc:
+        raise output_error(current, exc) from exc
+    finally:
+        for tmp, _ in done:
+            tmp.unlink(missing_ok=True)
 
 
 def save_nifti(img: nib.Nifti1Image, path: str | os.PathLike) -> None:
     """Save a NIfTI image atomically (``.nii`` or ``.nii.gz`` from the name)."""
-    suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
-    atomic_write_bytes(path, lambda tmp: nib.save(img, tmp), suffix)
+    atomic_write_bytes(path, lambda tmp: nib.save(img, tmp), _nifti_suffix(path))
+
+
+def _nifti_suffix(path: str | os.PathLike) -> str:
+    return ".nii.gz" if str(path).endswith(".gz") else ".nii"
 
 
 def write_json(data: dict[str, Any], path: str | os.PathLike) -> None:
     """Write a JSON file atomically (sorted keys: deterministic output)."""
-    def _write(tmp: str) -> None:
-        with open(tmp, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=_json_default)
-            fh.write("\n")
-    atomic_write_bytes(path, _write, ".json")
+    atomic_write_bytes(path, lambda tmp: _dump_json(data, tmp), ".json")
+
+
+def _dump_json(data: dict[str, Any], tmp: str | os.PathLike) -> None:
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=_json_default)
+        fh.write("\n")
 
 
 def _json_default(obj: Any) -> Any:
@@ -102,17 +127,19 @@ def volume_to_nifti(volume: hd.Volume, path: str | os.PathLike, sidecar: dict[st
     Returns the written image. The side-car gets the stored dtype, shape, spacing and RAS affine added.
     """
     img = to_ras_nifti(volume, dtype)
-    save_nifti(img, path)
-    if sidecar is not None:
-        meta = dict(sidecar)
-        meta.update({
-            "stored_dtype": str(img.get_data_dtype()),
-            "shape": list(img.shape),
-            "spacing_mm": [float(z) for z in img.header.get_zooms()[:3]],
-            "affine_ras": np.round(img.affine, 6).tolist(),
-            "voxel_axis_directions": "".join(nib.aff2axcodes(img.affine)),  # where i, j, k point (RAS names)
-        })
-        write_json(meta, sidecar_path(path))
+    if sidecar is None:
+        save_nifti(img, path)
+        return img
+    meta = dict(sidecar)
+    meta.update({
+        "stored_dtype": str(img.get_data_dtype()),
+        "shape": list(img.shape),
+        "spacing_mm": [float(z) for z in img.header.get_zooms()[:3]],
+        "affine_ras": np.round(img.affine, 6).tolist(),
+        "voxel_axis_directions": "".join(nib.aff2axcodes(img.affine)),  # where i, j, k point (RAS names)
+    })
+    atomic_write_all([(path, lambda tmp: nib.save(img, tmp), _nifti_suffix(path)),
+                      (sidecar_path(path), lambda tmp: _dump_json(meta, tmp), ".json")])
     return img
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 from collections import defaultdict
@@ -25,6 +26,7 @@ from pydicom.uid import generate_uid
 from tqdm import tqdm
 
 from spleenseg.dicom.decode import looks_like_dicom
+from spleenseg.dicom.header_checks import not_a_number_reason
 from spleenseg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,7 @@ class InstanceHeader:
     temporal_position: int | None = None
     is_mosaic: bool = False
     derived: list[str] = field(default_factory=list)  # attributes that were blank and had to be derived
+    problem: str = ""  # a numeric header value that is text (see header_checks.not_a_number_reason)
 
 
 @dataclass
@@ -119,6 +122,7 @@ class SeriesGroup:
     transfer_syntaxes: list[str] = field(default_factory=list)
     derived_uids: list[str] = field(default_factory=list)
     split_reason: str = ""  # why this group is a part of a bigger series UID (orientation/size/acquisition/chunk)
+    header_problems: list[str] = field(default_factory=list)  # "<file>: <value> is not a number", per file
 
     @property
     def is_image_volume(self) -> bool:
@@ -161,6 +165,16 @@ def _int_or_none(ds: pydicom.Dataset, keyword: str) -> int | None:
         return None if value in (None, "") else int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _float_or_none(ds: pydicom.Dataset, keyword: str) -> float | None:
+    """A numeric value, or ``None`` when absent, empty or not a number (text is reported, not a crash)."""
+    value = ds.get(keyword, None)
+    try:
+        number = None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _floats(value: Any) -> tuple[float, ...] | None:
@@ -219,7 +233,6 @@ def header_from_dataset(ds: pydicom.Dataset, path: str = "") -> InstanceHeader:
         orientation = orientation or _floats(fg_orient)
         position = position or _floats(fg_pos)
         spacing = spacing or _floats(fg_spacing)
-    thickness = ds.get("SliceThickness", None)
     header = InstanceHeader(
         path=str(path),
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
@@ -242,12 +255,13 @@ def header_from_dataset(ds: pydicom.Dataset, path: str = "") -> InstanceHeader:
         pixel_spacing=spacing if spacing and len(spacing) == 2 else None,  # type: ignore[arg-type]
         number_of_frames=frames,
         frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
-        slice_thickness=float(thickness) if thickness not in (None, "") else None,
+        slice_thickness=_float_or_none(ds, "SliceThickness"),
         instance_number=_int_or_none(ds, "InstanceNumber"),
         transfer_syntax=str(meta.get("TransferSyntaxUID", "")),
         echo_number=_int_or_none(ds, "EchoNumbers"),
         temporal_position=_int_or_none(ds, "TemporalPositionIdentifier"),
         is_mosaic=is_mosaic(ds),
+        problem=not_a_number_reason(ds) or "",
     )
     _derive_blank_uids(header, meta)
     return header
@@ -440,6 +454,7 @@ def _make_group(members: list[InstanceHeader], part: int, n_parts: int, reason: 
         transfer_syntaxes=sorted({h.transfer_syntax for h in members}),
         derived_uids=derived,
         split_reason=reason,
+        header_problems=[f"{h.path}: {h.problem}" for h in members if h.problem],
     )
 
 

@@ -93,16 +93,21 @@ def load_label_image(path: str | os.PathLike) -> nib.Nifti1Image:
     if path.suffix == ".nrrd":
         return _nrrd_as_nifti(path)
     try:
-        return nib.load(path)
+        img = nib.load(path)
+        data = np.asarray(img.dataobj)  # now, so data cut short fails here, with the file's name
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"{path}: not a readable NIfTI label map ({exc})") from exc
+    return nib.Nifti1Image(data, img.affine, img.header)
 
 
 def _nrrd_as_nifti(path: Path) -> nib.Nifti1Image:
     """NRRD → NIfTI: the NRRD 'space directions' are columns per axis in the named space (LPS or RAS)."""
     import nrrd
 
-    data, header = nrrd.read(str(path))
+    try:
+        data, header = nrrd.read(str(path))
+    except Exception as exc:  # noqa: BLE001 - pynrrd raises NRRDError, ValueError, EOFError... on foreign files
+        raise InputError(f"{path}: not a readable NRRD label map ({exc})") from exc
     space = str(header.get("space", "")).lower()
     if data.ndim != 3 or "space directions" not in header or "space origin" not in header:
         raise InputError(f"{path}: NRRD label map must be 3D with 'space directions' and 'space origin'")

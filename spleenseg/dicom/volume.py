@@ -28,7 +28,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
-from spleenseg.dicom.decode import check_decodable, read_dataset
+from spleenseg.dicom.decode import check_decodable, check_pixel_data, check_size, frame_count, read_dataset
 from spleenseg.dicom.scan import (
     ORIENTATION_DECIMALS,
     POSITION_TOL_MM,
@@ -38,7 +38,7 @@ from spleenseg.dicom.scan import (
     list_files,
     normal_of,
 )
-from spleenseg.dicom.header_checks import unusable_reason
+from spleenseg.dicom.header_checks import not_a_number_reason, unusable_reason
 from spleenseg.errors import GeometryError, InputError
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,9 @@ def _read_source(source: SeriesSource) -> list[tuple[str, pydicom.Dataset]]:
     out = []
     for item in paths:
         if isinstance(item, pydicom.Dataset):
-            check_decodable(item, item.filename if isinstance(item.filename, str) else "<dataset>")
+            name = item.filename if isinstance(item.filename, str) else "<dataset>"
+            check_decodable(item, name)
+            check_pixel_data(item, name)
             out.append((str(getattr(item, "filename", "") or "<dataset>"), detached_copy(item)))
         else:
             out.append((str(item), read_dataset(item)))
@@ -311,8 +313,15 @@ def _mosaic_volume(path: str, ds: pydicom.Dataset, label: str) -> hd.Volume:
                      frame_of_reference_uid=ds.get("FrameOfReferenceUID") or None)
 
 
+def _check_series_size(pairs: list[tuple[str, pydicom.Dataset]], label: str) -> None:
+    """Refuse a series whose files together declare more than :data:`~spleenseg.dicom.decode.MAX_PIXELS`,
+    before the float32 volume is allocated (each file alone was checked when it was read)."""
+    total = sum(int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0) * frame_count(ds, p) for p, ds in pairs)
+    check_size(total, f"series {label}: {len(pairs)} file(s) declare")
+
+
 def load_series_volume(source: SeriesSource, *, resample: bool = False, info: VolumeInfo | None = None,
-                       engine: str = "fast") -> hd.Volume:
+                       engine: str = "fast", check_numbers: bool = False) -> hd.Volume:
     """Read one series and return a :class:`highdicom.Volume` (LPS affine, rescaled float32 values).
 
     ``source`` is a :class:`SeriesGroup`, a folder holding one series, a list of file paths or a list of
@@ -321,6 +330,8 @@ def load_series_volume(source: SeriesSource, *, resample: bool = False, info: Vo
     which case the slices are interpolated onto a uniform grid. ``info`` (optional) collects what was done.
     ``engine="highdicom"`` builds regular single-frame series with ``highdicom.get_volume_from_series``
     instead (same result, slower; kept as the reference the fast path is tested against).
+    ``check_numbers`` (the converter): also refuse a text SliceThickness or SeriesNumber
+    (:func:`~spleenseg.dicom.header_checks.not_a_number_reason`); the app blanks those instead.
     """
     label = _label_of(source)
     pairs = _read_source(source)
@@ -329,9 +340,10 @@ def load_series_volume(source: SeriesSource, *, resample: bool = False, info: Vo
     info.slice_sources = []
     pairs = [(p, _repair_uids(ds, p)) for p, ds in pairs]
     for path, ds in pairs:
-        reason = unusable_reason(ds, check_uids=False)
+        reason = unusable_reason(ds, check_uids=False) or (not_a_number_reason(ds) if check_numbers else None)
         if reason is not None:
             raise InputError(f"series {label}: {path}: {reason}")
+    _check_series_size(pairs, label)
     if len(pairs) == 1 and is_mosaic(pairs[0][1]):
         info.sorted_by = "Siemens mosaic order (CSA header), via nibabel"
         return _mosaic_volume(pairs[0][0], pairs[0][1], label)
