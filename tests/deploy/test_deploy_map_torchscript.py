@@ -15,6 +15,7 @@ import hashlib
 import numpy as np
 import pydicom
 import pytest
+import yaml
 
 import deploy_app
 from spleenseg.paths import REPO_ROOT
@@ -125,3 +126,34 @@ def test_a_lone_torchscript_file_without_the_bundle_code_is_one_clear_error(tmp_
     model_ts = export_torchscript(trained_bundle, tmp_path / "model.ts")
     with pytest.raises(InputError, match=r"model.ts: this TorchScript bundle's inference.json uses the bundle's own"):
         read_model_metadata(model_ts)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file below ``root``."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_app_runs_on_the_k8s_jobs_mounts(tmp_path, small_series, trained_bundle):
+    """The example Job's environment (deploy_app/examples/k8s-job.yaml), with each container path standing for a
+    folder here: the study mounted as input, an empty output volume, and the image's models folder holding the
+    one bundle as the packager lays it out. The app needs nothing else, writes only into the output mount and
+    leaves the study as it was."""
+    job = yaml.safe_load((REPO_ROOT / "deploy_app" / "examples" / "k8s-job.yaml").read_text())
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    job_env = {e["name"]: e["value"] for e in container["env"]}
+    models = tmp_path / "opt_holoscan_models"
+    shutil.copytree(trained_bundle, models / "spleen_ct_seg")
+    here = {job_env["HOLOSCAN_INPUT_PATH"]: tmp_path / "in", job_env["HOLOSCAN_OUTPUT_PATH"]: tmp_path / "out",
+            job_env["HOLOSCAN_MODEL_PATH"]: models}
+    (tmp_path / "out").mkdir()  # a mounted volume exists before the container starts
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HOLOSCAN_") and k != "PYTHONPATH"},
+           **{name: str(here[value]) for name, value in job_env.items()}}
+    study = tree_digest(tmp_path / "in")
+    reference = deploy_app.run(tmp_path / "in", tmp_path / "out_dev", trained_bundle)
+    run_app_copy(sys.executable, map_app_folder(tmp_path / "map_app"), [], env, tmp_path)
+    assert tree_digest(tmp_path / "in") == study
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        p.name for p in (tmp_path / "out_dev").iterdir())  # SEG + report, no staging folder left
+    a, b = seg_pair(tmp_path / "out", reference)
+    assert b.sum() > 0 and np.array_equal(a, b)

@@ -21,7 +21,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from holoscan_cli.common.enum_types import Platform
+from holoscan_cli.packager.parameters import PlatformParameters
 
+from deploy_app.__main__ import EXIT_NO_RESULT
 from deploy_app.bundle_info import resolve_model_path
 from spleenseg.paths import REPO_ROOT
 
@@ -172,3 +176,70 @@ def test_the_packaged_app_folder_starts(packaged):
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage: python -m deploy_app" in proc.stdout and "HOLOSCAN_INPUT_PATH" in proc.stdout
+
+
+# ------------------------------------------------------------------------------ the MAP as a Kubernetes Job
+K8S_JOB = REPO_ROOT / "deploy_app" / "examples" / "k8s-job.yaml"
+
+
+def k8s_job(study_id: str = "1-2-840-ab") -> dict:
+    """The example Job with its ``STUDY_ID`` placeholder filled in, as the README's ``sed`` line does."""
+    return yaml.safe_load(K8S_JOB.read_text().replace("STUDY_ID", study_id))
+
+
+def dockerfile_env(dockerfile: str) -> dict[str, str]:
+    """``ENV NAME=value`` lines of the packager's Dockerfile."""
+    return dict(re.findall(r"^ENV (HOLOSCAN_\w+)=(\S+)$", dockerfile, re.M))
+
+
+def test_k8s_job_runs_the_packaged_image_with_its_paths_user_and_resources(packaged, cli):
+    job = k8s_job()
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", job["metadata"]["name"]) and \
+        len(job["metadata"]["name"]) <= 63  # a DNS-1123 label once STUDY_ID is filled in
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+
+    # the image the README's `holoscan package` command tags, by the packager's own naming rule
+    flags = shlex.split(readme_packaging_block()[1])
+    app_yaml = yaml.safe_load((REPO_ROOT / "deploy_app" / "app.yaml").read_text())
+    image = PlatformParameters(Platform(flags[flags.index("--platform") + 1]), flags[flags.index("--tag") + 1],
+                               app_yaml["application"]["version"]).tag
+    assert container["image"] == image
+    assert image in (REPO_ROOT / "README.md").read_text()  # the `docker run` line names the same image
+
+    # every path the Job sets is the one the image sets, and the mounts sit on them
+    env = {e["name"]: e["value"] for e in container["env"]}
+    image_env = dockerfile_env((packaged["context"] / "Dockerfile").read_text())
+    assert {"HOLOSCAN_INPUT_PATH", "HOLOSCAN_OUTPUT_PATH", "HOLOSCAN_MODEL_PATH"} <= set(env)
+    assert {k: image_env.get(k) for k in env} == env
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts[env["HOLOSCAN_INPUT_PATH"]].get("readOnly") is True  # the input is never written to
+    assert not mounts[env["HOLOSCAN_OUTPUT_PATH"]].get("readOnly", False)
+    assert {m["subPath"] for m in mounts.values()} == {"1-2-840-ab"}  # one study in, its results out
+    models = Path(env["HOLOSCAN_MODEL_PATH"])
+    assert not any(models == Path(p) or Path(p) in models.parents for p in mounts)  # the image's model is kept
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert {m["name"] for m in mounts.values()} <= set(volumes)
+    assert volumes[mounts[env["HOLOSCAN_INPUT_PATH"]]["name"]]["persistentVolumeClaim"]["readOnly"] is True
+
+    # resources as app.yaml (and so pkg.json) declares them; no GPU asked for
+    declared = json.loads((packaged["context"] / "map" / "pkg.json").read_text())["resources"]
+    for kind in ("requests", "limits"):
+        assert container["resources"][kind] == {"cpu": str(declared["cpu"]), "memory": declared["memory"]}
+    assert declared["gpu"] == 0 and "nvidia.com/gpu" not in container["resources"]["limits"]
+
+    # the image's user: the packager's --uid/--gid defaults, which the README command does not change
+    assert not {"--uid", "--gid", "--username"} & set(flags)
+    help_text = subprocess.run([str(cli), "package", "--help"], capture_output=True, text=True, timeout=60).stdout
+    uid, gid = (re.search(rf"^ +--{flag} \w+ .*\(default:(\d+)\)$", help_text, re.M).group(1)
+                for flag in ("uid", "gid"))
+    security = pod["securityContext"]
+    assert (security["runAsUser"], security["runAsGroup"], security["fsGroup"]) == (int(uid), int(gid), int(gid))
+
+    # bad input and "no spleen found" fail the Job at once; only an unexpected failure (exit 1) is retried
+    assert pod["restartPolicy"] == "Never"  # podFailurePolicy needs it
+    [rule] = job["spec"]["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["containerName"] == container["name"]
+    assert (rule["onExitCodes"]["operator"], sorted(rule["onExitCodes"]["values"])) == ("In", [2, EXIT_NO_RESULT])
+    assert job["spec"]["backoffLimit"] >= 1
