@@ -19,6 +19,7 @@ An instance is acknowledged to the sender only after it was written, flushed to 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -38,14 +39,49 @@ log = logging.getLogger("deploy_app.node")
 STATES = ("queued", "running", "outbox", "done", "failed")
 #: Marker left in a study folder when the sender included a result this node produced (see ``note_own_result``).
 OWN_RESULT_MARKER = ".contains_own_result"
-#: Wait before trying again to queue a study whose folder could not be moved (e.g. disk full).
-QUEUE_RETRY_SECONDS = 30.0
 _SAFE_UID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,63}")
 
 
 def is_safe_uid(uid: str) -> bool:
     """True when ``uid`` can be used as a file name (DICOM UIDs are digits and dots; refuse path tricks)."""
     return bool(_SAFE_UID.fullmatch(uid)) and ".." not in uid
+
+
+def is_disk_full(exc: OSError) -> bool:
+    """True for "no space left" and "quota exceeded": the spool is fine, it only needs room, so wait and retry."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class Backoff:
+    """Per-key exponential backoff: ``first`` seconds, doubling on each failure, at most ``cap``.
+
+    Why: a step that fails because ``work_dir`` is full fails again on the next tick; retrying it every half
+    second floods the log and the disk. Each failure gives one wait (and the caller one log line).
+    """
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first, self.cap = first, cap
+        self._failures: dict[str, int] = {}
+        self._until: dict[str, float] = {}
+
+    def failed(self, key: str) -> float:
+        """Record a failure of ``key``; return how long to wait before trying it again."""
+        n = self._failures.get(key, 0)
+        delay = min(self.first * 2 ** n, self.cap)
+        self._failures[key] = n + 1
+        self._until[key] = time.monotonic() + delay
+        return delay
+
+    def ready(self, key: str) -> bool:
+        return self._until.get(key, 0.0) <= time.monotonic()
+
+    def failures(self, key: str) -> int:
+        """Failures of ``key`` since its last success."""
+        return self._failures.get(key, 0)
+
+    def succeeded(self, key: str) -> None:
+        self._failures.pop(key, None)
+        self._until.pop(key, None)
 
 
 def utc_now() -> str:
@@ -81,8 +117,10 @@ class JobRecord:
 class Inbox:
     """Receives instances and moves studies through the state folders. Thread-safe."""
 
-    def __init__(self, work_dir: str | Path) -> None:
+    def __init__(self, work_dir: str | Path, retry: Backoff | None = None) -> None:
         self.root = Path(work_dir)
+        #: Studies that could not be moved to ``queued/`` wait here before they are tried again.
+        self.queue_retry = retry or Backoff(1.0, 300.0)
         self.incoming = self.root / "incoming"
         self.tmp = self.incoming / ".tmp"
         for path in [self.tmp, *(self.root / s for s in STATES)]:
@@ -156,28 +194,35 @@ class Inbox:
         now = time.monotonic()
         with self._lock:
             for study_uid, last in sorted(self._last_arrival.items(), key=lambda kv: kv[1]):
-                if now - last < quiet_seconds:
+                if now - last < quiet_seconds or not self.queue_retry.ready(study_uid):
                     continue
                 try:
                     jobs.append(self._new_job(study_uid))
+                    self.queue_retry.succeeded(study_uid)
                 except OSError as exc:  # one bad study folder must not stop the others from being queued
                     self._not_queued(study_uid, exc)
         return jobs
 
     def _not_queued(self, study_uid: str, exc: OSError) -> None:
-        """A study that could not be moved to ``queued/``: dropped when its folder is gone, else retried after
-        :data:`QUEUE_RETRY_SECONDS` (a full disk must not become a hot loop). Called with the lock held."""
+        """A study that could not be moved to ``queued/``: dropped when its folder is gone, else left in
+        ``incoming/`` and retried after a growing wait (a full disk must not become a hot loop). Called with the
+        lock held."""
         if not (self.incoming / study_uid).is_dir():
             log.error("study %s: its folder incoming/%s disappeared before it was queued (%s); nothing to process",
                       study_uid, study_uid, exc)
             self._last_arrival.pop(study_uid, None)
             self._callers.pop(study_uid, None)
+            self.queue_retry.succeeded(study_uid)
             return
-        log.error("study %s: cannot be queued (%s); retrying in %.0f s", study_uid, exc, QUEUE_RETRY_SECONDS)
-        self._last_arrival[study_uid] = time.monotonic() + QUEUE_RETRY_SECONDS
+        delay = self.queue_retry.failed(study_uid)
+        log.error("study %s: cannot be queued (%s); kept in incoming/, retrying in %.1f s", study_uid, exc, delay)
 
     def _new_job(self, study_uid: str) -> JobRecord:
-        """Move ``incoming/<study>`` to ``queued/<job>/input``. Called with the lock held."""
+        """Move ``incoming/<study>`` to ``queued/<job>/input`` with its ``job.json``. Called with the lock held.
+
+        When the record cannot be written (disk full) the instances go back to ``incoming/<study>``: a job folder
+        without its record would be parked as broken, and the study must instead wait for room and be queued.
+        """
         job_id = self._unique_job_id(study_uid)
         job_dir = self.root / "queued" / job_id
         job_dir.mkdir()
@@ -186,10 +231,16 @@ class Inbox:
         except OSError:
             job_dir.rmdir()  # never leave an empty queued/<job> behind
             raise
-        callers = sorted(self._callers.pop(study_uid, set()) or {"(before restart)"})
-        del self._last_arrival[study_uid]
+        callers = sorted(self._callers.get(study_uid, set()) or {"(before restart)"})
         job = JobRecord(job_id, study_uid, _count_instances(job_dir / "input"), callers, utc_now())
-        self.save(job)
+        try:
+            self.save(job)
+        except OSError:
+            os.rename(job_dir / "input", self.incoming / study_uid)
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
+        self._callers.pop(study_uid, None)
+        del self._last_arrival[study_uid]
         if self._earlier_jobs(study_uid, exclude=job_id):
             log.warning("study %s: received again after an earlier job; processing the new instances as job %s",
                         study_uid, job_id)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pydicom
@@ -348,3 +350,108 @@ def test_nothing_to_send_is_done_not_failed_and_not_retried(tmp_path: Path,
                                  "seg_file": None, "verdict": "no spleen found", "flags": ["no_spleen"]}]
     [line] = [r for r in caplog.records if "nothing to send" in r.getMessage()]
     assert line.levelno == logging.WARNING and "no spleen found [no_spleen]" in line.getMessage()
+
+
+# ---- a full work_dir: wait and retry, never a hot loop, never lose the study -------------------------------
+class _NoRoom:
+    """A file opened for writing on a full file system: it exists, but nothing can be written to it."""
+
+    def __init__(self, fh) -> None:  # noqa: ANN001 - any file object
+        self._fh = fh
+
+    def write(self, data) -> int:  # noqa: ANN001
+        raise OSError(errno.ENOSPC, "No space left on device", self._fh.name)
+
+    def __enter__(self) -> "_NoRoom":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._fh, name)
+
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch):
+    """``full_disk(root)``: under ``root`` files can still be created, renamed and removed, but writing data to
+    them fails with ENOSPC, as on a full file system; ``full_disk(None)`` frees the room again."""
+    import builtins
+    import io
+
+    real_open = io.open
+    state: dict[str, Path | None] = {"root": None}
+
+    def open_(file, mode="r", *args, **kwargs):  # noqa: ANN001 - the signature of open()
+        fh = real_open(file, mode, *args, **kwargs)
+        root = state["root"]
+        if root is not None and any(c in mode for c in "wax+") and isinstance(file, (str, os.PathLike)) \
+                and Path(file).resolve().is_relative_to(root.resolve()):
+            return _NoRoom(fh)
+        return fh
+
+    monkeypatch.setattr(io, "open", open_)
+    monkeypatch.setattr(builtins, "open", open_)
+    return lambda root: state.update(root=root)
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_study_that_cannot_be_queued_waits_in_incoming_with_growing_delays(
+        tmp_path: Path, full_disk, caplog: pytest.LogCaptureFixture) -> None:
+    """job.json cannot be written (disk full): the study stays in incoming/ with all its instances, one ERROR per
+    attempt with a doubling delay, and it is queued once there is room again. (It used to be moved to queued/
+    without its record, reported as "disappeared", and then parked and retried on every tick.)"""
+    ct = write_ct_study(tmp_path / "ct")
+    node = _node(tmp_path, disk_retry_seconds=0.2, disk_retry_max_seconds=0.4)
+    for path in ct["files"]:
+        node.inbox.store(ct["study_uid"], pydicom.dcmread(path).SOPInstanceUID, path.read_bytes(), "PACS")
+    full_disk(node.inbox.root)
+    delays = []
+    with caplog.at_level(logging.ERROR, logger="deploy_app.node"):
+        for _ in range(3):
+            assert node.inbox.take_quiet_studies(0) == []
+            node._enqueue_new_jobs()
+            assert node._jobs.empty() and node.inbox.jobs_in("queued") == []
+            assert node.inbox.take_quiet_studies(0) == [], "not tried again before its delay"
+            [line] = _errors(caplog)
+            assert f"study {ct['study_uid']}: cannot be queued" in line and "No space left on device" in line
+            delays.append(line.rsplit("retrying in ", 1)[1])
+            caplog.clear()
+            time.sleep(0.45)
+    assert delays == ["0.2 s", "0.4 s", "0.4 s"], "doubling, capped at disk_retry_max_seconds"
+    assert len(list((node.inbox.incoming / ct["study_uid"]).glob("*.dcm"))) == len(ct["files"])
+    assert node.inbox.receiving() == {ct["study_uid"]: len(ct["files"])}
+    full_disk(None)
+    [job] = node.inbox.take_quiet_studies(0)
+    assert job.instances == len(ct["files"]) and job.calling_aets == ["PACS"]
+
+
+def test_a_job_the_disk_has_no_room_for_goes_back_to_queued_and_waits(
+        tmp_path: Path, full_disk, caplog: pytest.LogCaptureFixture) -> None:
+    """The worker cannot write the job's record (disk full): the job is put back in queued/ as it was, not
+    re-queued on the next ticks but after its delay, one ERROR line per attempt; with room it is processed."""
+    ct = write_ct_study(tmp_path / "ct")
+    node = _node(tmp_path, disk_retry_seconds=0.3, disk_retry_max_seconds=0.3)
+    job = _queued_job(node, ct)
+    full_disk(node.inbox.root)
+    with caplog.at_level(logging.ERROR, logger="deploy_app.node"):
+        node._enqueue_new_jobs()
+        node._jobs.put(None)
+        node._worker()  # processes the job, then stops at None
+        [line] = _errors(caplog)
+        assert line.startswith(f"job {job.job_id}: not processed, work_dir is full (")
+        assert line.endswith("kept in queued/, retrying in 0.3 s")
+        for _ in range(3):  # the ticker's next ticks
+            node._enqueue_new_jobs()
+        assert node._jobs.empty(), "not queued again before its delay"
+    assert node.inbox.jobs_in("queued") == [job.job_id] and node.inbox.jobs_in("failed") == []
+    assert len(list((node.inbox.job_dir(job.job_id, "queued") / "input").glob("*.dcm"))) == len(ct["files"])
+    full_disk(None)
+    time.sleep(0.35)
+    node._enqueue_new_jobs()
+    node._jobs.put(None)
+    node._worker()
+    assert node.inbox.jobs_in("outbox") == [job.job_id]
