@@ -174,6 +174,8 @@ class DicomNode:
             for job in self.inbox.take_quiet_studies(self.config.quiet_seconds):
                 log.info("study %s: received %d instance(s) from %s; queued as job %s", job.study_uid,
                          job.instances, ", ".join(job.calling_aets), job.job_id)
+            if self.config.aborted_hold_seconds:
+                self.inbox.expire_held(self.config.aborted_hold_seconds)
             self._enqueue_new_jobs()
             self.write_status()
 

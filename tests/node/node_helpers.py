@@ -220,6 +220,17 @@ def c_store(port: int, calling_aet: str, files: list[Path]) -> None:
         assoc.release()
 
 
+def c_store_then_abort(port: int, calling_aet: str, files: list[Path]) -> None:
+    """Send ``files`` on one association, then abort it (A-ABORT), as a PACS that gives up half way does."""
+    ae = AE(ae_title=calling_aet)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
+    assert assoc.is_established
+    for path in files:
+        assert assoc.send_c_store(path).Status == 0
+    assoc.abort()
+
+
 def send_study_from_orthanc(orthanc: Orthanc, files: list[Path]) -> None:
     """Upload a study over REST, then ask Orthanc to C-STORE it to our node (synchronous job)."""
     ids = orthanc.upload(files)

@@ -21,7 +21,7 @@ import requests
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from node_helpers import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, NODE_AET, SIZE, SLICES, c_store,
+from node_helpers import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, NODE_AET, SIZE, SLICES, c_store, c_store_then_abort,
                           dciodvfy_errors, free_port, send_study_from_orthanc, slice_z, wait_for, wait_for_seg,
                           write_ct_study)
 from spleenseg.paths import REPO_ROOT
@@ -208,3 +208,34 @@ def test_broken_study_fails_and_node_keeps_serving(orthanc_factory, node_factory
     seg = pydicom.dcmread(pydicom.filebase.DicomBytesIO(wait_for_seg(orthanc)))
     assert seg.StudyInstanceUID == good["study_uid"]
     assert node.status()["counts"]["failed"] == 1
+
+
+def _referenced_sops(seg_bytes: bytes) -> list[str]:
+    seg = pydicom.dcmread(pydicom.filebase.DicomBytesIO(seg_bytes))
+    return sorted(r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence)
+
+
+def test_an_aborted_study_is_held_until_it_is_sent_again_complete(orthanc_factory, node_factory, ct_study) -> None:
+    """The PACS aborts after half the study: nothing is processed when the quiet time is over (held, with the
+    reason in status.json); the PACS then sends the whole study on an association it releases: one SEG, of
+    every slice."""
+    node_port = free_port()
+    orthanc = orthanc_factory(node_port)
+    node = node_factory(port=node_port, destination={
+        "host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet})
+    study = ct_study["study_uid"]
+
+    c_store_then_abort(node.port, "ORTHANC", ct_study["files"][:3])
+    wait_for(lambda: f"study {study}: association from ORTHANC was aborted after 3 instance(s)" in node.log(), 10,
+             "the abort to be logged")
+    held = wait_for(lambda: node.status()["held"], 5, "status.json to show the held study")
+    assert held[study]["instances"] == 3 and "aborted after 3 instance(s)" in held[study]["reason"]
+    time.sleep(3.0)  # three quiet times: an unheld study would have been queued by now
+    assert [node.jobs(s) for s in ("queued", "running", "outbox", "done", "failed")] == [[], [], [], [], []]
+    assert orthanc.seg_instances() == [] and node.status()["counts"]["held"] == 1
+
+    c_store(node.port, "ORTHANC", ct_study["files"])  # the PACS sends the study again, to the end
+    assert _referenced_sops(wait_for_seg(orthanc)) == sorted(ct_study["sop_uids"])
+    [done] = wait_for(lambda: node.jobs("done"), 10, "the job to reach done/")
+    assert json.loads((done / "job.json").read_text())["instances"] == SLICES
+    assert "no longer held" in node.log() and node.status()["held"] == {}

@@ -455,3 +455,43 @@ def test_a_job_the_disk_has_no_room_for_goes_back_to_queued_and_waits(
     node._jobs.put(None)
     node._worker()
     assert node.inbox.jobs_in("outbox") == [job.job_id]
+
+
+# ---- studies whose association was aborted --------------------------------------------------------------------
+def test_a_held_study_survives_a_restart_and_waits_for_release_or_expiry(tmp_path: Path) -> None:
+    """Held studies are never queued by the quiet timer, also after a restart; removing ``.held`` releases one
+    (queued as usual); one held past ``aborted_hold_seconds`` goes to failed/ with the reason, all its instances
+    and no marker, so moving it to queued/ processes it."""
+    inbox = Inbox(tmp_path)
+    for study in ("1.2.3", "1.2.4"):
+        inbox.store(study, f"{study}.1", b"a", "PACS")
+        inbox.store(study, f"{study}.2", b"b", "PACS")
+        inbox.hold(study, "association from PACS was aborted after 2 instance(s) of this study")
+    inbox = Inbox(tmp_path)
+    inbox.recover()
+    assert inbox.take_quiet_studies(0) == [] and inbox.receiving() == {}
+    assert set(inbox.held()) == {"1.2.3", "1.2.4"}
+    assert inbox.held()["1.2.3"]["instances"] == 2 and "aborted after 2" in inbox.held()["1.2.3"]["reason"]
+    assert inbox.expire_held(3600) == []
+
+    (tmp_path / "incoming" / "1.2.3" / ".held").unlink()  # an administrator releases it
+    [released] = inbox.take_quiet_studies(0)
+    assert released.study_uid == "1.2.3" and released.instances == 2
+    time.sleep(0.05)
+    [parked] = inbox.expire_held(0.01)
+    failed = tmp_path / "failed" / parked.job_id
+    assert inbox.jobs_in("failed") == [parked.job_id] and inbox.held() == {}
+    assert "aborted after 2 instance(s)" in (failed / "error.txt").read_text()
+    assert "aborted_hold_seconds" in Inbox.load(failed).error and Inbox.load(failed).state == "failed"
+    assert sorted(p.name for p in (failed / "input").iterdir()) == ["1.2.4.1.dcm", "1.2.4.2.dcm"]
+
+
+def test_a_normal_release_lifts_the_hold(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path)
+    inbox.store("1.2.3", "1.2.3.1", b"a", "PACS")
+    inbox.hold("1.2.3", "association from PACS was aborted after 1 instance(s) of this study")
+    inbox.store("1.2.3", "1.2.3.2", b"b", "PACS")  # sent again; held until that association ends normally
+    assert inbox.take_quiet_studies(0) == []
+    inbox.completed("1.2.3")
+    [job] = inbox.take_quiet_studies(0)
+    assert job.instances == 2 and not (tmp_path / "queued" / job.job_id / "input" / ".held").exists()
