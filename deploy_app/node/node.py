@@ -20,6 +20,7 @@ from typing import Any
 from deploy_app.node.config import DEFAULT_PIPELINE, NodeConfig
 from deploy_app.node.inbox import OWN_RESULT_MARKER, Backoff, Inbox, JobRecord, is_disk_full, utc_now
 from deploy_app.node.pipeline import Pipeline, PipelineError, PipelineRunner
+from deploy_app.node.results import REGISTRY_NAME, ResultRegistry
 from deploy_app.node.scp import start_scp
 from deploy_app.node.sender import SendError, dicom_files, echo, read_headers, send_files
 from deploy_app.node.status import StatusServer, build_status, describe_results, report_results, write_status
@@ -36,6 +37,7 @@ class DicomNode:
     def __init__(self, config: NodeConfig, pipeline: Pipeline | None = None) -> None:
         self.config = config
         self.inbox = Inbox(config.work_dir, self._disk_backoff())
+        self.results = ResultRegistry(self.inbox.root / REGISTRY_NAME)
         #: Jobs that a full (or unwritable) ``work_dir`` kept from being processed or parked wait here.
         self._job_retry = self._disk_backoff()
         self.runner = PipelineRunner(pipeline or config.pipeline, config.model_path, config.pipeline_options,
@@ -382,6 +384,11 @@ class DicomNode:
         files = [p for p in dicom_files(job_dir / "output") if p.name not in job.sent]
         job.send_attempts += 1
         try:
+            for r in self.results.adopt(files, job_id):
+                note = (f"{r.file.name} replaces the SEG of series {r.source_series_uid} sent by job "
+                        f"{r.earlier_job_id} (same Series and SOP Instance UID)")
+                self.inbox.append_log(job, note)
+                log.info("study %s: %s", job.study_uid, note)
             headers = read_headers(files)
             # Recorded *before* sending: a PACS may forward our SEG back before send_files returns. A UID recorded
             # for a send that then fails is harmless (the same result is sent again on the retry).

@@ -239,3 +239,33 @@ def test_an_aborted_study_is_held_until_it_is_sent_again_complete(orthanc_factor
     [done] = wait_for(lambda: node.jobs("done"), 10, "the job to reach done/")
     assert json.loads((done / "job.json").read_text())["instances"] == SLICES
     assert "no longer held" in node.log() and node.status()["held"] == {}
+
+
+def test_a_later_complete_copy_replaces_the_earlier_seg(orthanc_factory, node_factory, ct_study) -> None:
+    """An administrator released a study held after an abort, so a SEG of half the slices reached the PACS; the
+    complete copy sent later gives a SEG with the same Series and SOP Instance UIDs: the PACS (Orthanc with the
+    README's OverwriteInstances) holds one SEG, now of every slice."""
+    node_port = free_port()
+    orthanc = orthanc_factory(node_port)
+    node = node_factory(port=node_port, destination={
+        "host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet})
+    study = ct_study["study_uid"]
+
+    c_store_then_abort(node.port, "ORTHANC", ct_study["files"][:3])
+    marker = node.work_dir / "incoming" / study / ".held"
+    wait_for(marker.is_file, 10, "the study to be held")
+    marker.unlink()  # released by hand: processed as it is
+    first_bytes = wait_for_seg(orthanc)
+    assert _referenced_sops(first_bytes) == sorted(ct_study["sop_uids"][:3])
+    first = pydicom.dcmread(pydicom.filebase.DicomBytesIO(first_bytes))
+    wait_for(lambda: node.jobs("done"), 10, "the first job to reach done/")
+
+    c_store(node.port, "ORTHANC", ct_study["files"])
+    wait_for(lambda: len(node.jobs("done")) == 2, 30, "the complete copy to be processed and sent")
+    second = wait_for_seg(orthanc)  # still exactly one SEG in the PACS
+    assert f"replaces the SEG of series {ct_study['series_uid']}" in node.log()
+    assert _referenced_sops(second) == sorted(ct_study["sop_uids"])
+    ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(second))
+    assert (ds.SeriesInstanceUID, ds.SOPInstanceUID) == (first.SeriesInstanceUID, first.SOPInstanceUID)
+    [series] = orthanc.rest("GET", "/series?expand")
+    assert len(series["Instances"]) == 1 and series["MainDicomTags"]["SeriesInstanceUID"] == first.SeriesInstanceUID

@@ -24,8 +24,8 @@ from deploy_app.node.status import StatusServer
 from spleenseg.errors import InputError
 
 import node_seg_pipeline
-from node_helpers import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, SIZE, SPACING, TEST_PIPELINE, THICKNESS, free_port,
-                          write_ct_study)
+from node_helpers import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, SIZE, SPACING, TEST_PIPELINE, THICKNESS,
+                          dciodvfy_errors, free_port, write_ct_study)
 
 
 # ---- config ------------------------------------------------------------------------------------------------
@@ -495,3 +495,32 @@ def test_a_normal_release_lifts_the_hold(tmp_path: Path) -> None:
     inbox.completed("1.2.3")
     [job] = inbox.take_quiet_studies(0)
     assert job.instances == 2 and not (tmp_path / "queued" / job.job_id / "input" / ".held").exists()
+
+
+def test_a_second_seg_of_a_series_takes_the_first_ones_uids(tmp_path: Path) -> None:
+    """Two runs on the same CT series: the second SEG is rewritten with the first's Series and SOP Instance UIDs
+    (its own content kept, still a valid SEG); a registry reread from disk (a restarted node) does the same, and
+    adopting a file again (a send retry) changes nothing."""
+    import highdicom as hd
+
+    from deploy_app.node.results import ResultRegistry
+
+    ct = write_ct_study(tmp_path / "ct")
+    segs = []
+    for run in ("a", "b", "c"):
+        (tmp_path / run).mkdir()
+        node_seg_pipeline.threshold_seg(str(ct["files"][0].parent), str(tmp_path / run))
+        segs.append(tmp_path / run / "seg.dcm")
+    first = pydicom.dcmread(segs[0])
+    registry = ResultRegistry(tmp_path / "seg_series.json")
+    assert registry.adopt([segs[0]], "job-a") == []
+    [replaced] = registry.adopt([segs[1]], "job-b")
+    assert replaced.source_series_uid == ct["series_uid"] and replaced.earlier_job_id == "job-a"
+    assert ResultRegistry(tmp_path / "seg_series.json").adopt([segs[2]], "job-c")[0].earlier_job_id == "job-a"
+    for path in segs[1:]:
+        seg = hd.seg.segread(path)
+        assert (seg.SeriesInstanceUID, seg.SOPInstanceUID) == (first.SeriesInstanceUID, first.SOPInstanceUID)
+        assert seg.file_meta.MediaStorageSOPInstanceUID == first.SOPInstanceUID
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct["series_uid"]
+        assert dciodvfy_errors(path) == []
+    assert registry.adopt([segs[1]], "job-b") == []
