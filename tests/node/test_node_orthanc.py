@@ -6,6 +6,7 @@ the pipeline is the small threshold SEG writer in ``node_seg_pipeline.py`` so th
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -269,3 +270,53 @@ def test_a_later_complete_copy_replaces_the_earlier_seg(orthanc_factory, node_fa
     assert (ds.SeriesInstanceUID, ds.SOPInstanceUID) == (first.SeriesInstanceUID, first.SOPInstanceUID)
     [series] = orthanc.rest("GET", "/series?expand")
     assert len(series["Instances"]) == 1 and series["MainDicomTags"]["SeriesInstanceUID"] == first.SeriesInstanceUID
+
+
+def _tmpfs_works() -> bool:
+    """True when this machine lets an unprivileged user mount a tmpfs in a mount namespace of its own."""
+    try:
+        probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                               capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _tmpfs_works(), reason="needs unshare -rm and tmpfs mounts (a real small file system)")
+def test_a_full_work_dir_backs_off_and_goes_on_when_there_is_room(node_factory, ct_study) -> None:
+    """The node's work_dir is a real 1 MiB tmpfs (in the node's own mount namespace, seen through /proc/PID/root).
+    After a study arrives, the disk is filled: the study is not queued but kept, one ERROR per attempt with
+    doubling delays (not two per tick); once the filler is removed the study is processed."""
+    node = node_factory(start=False, quiet_seconds=2.0, disk_retry_seconds=0.5, disk_retry_max_seconds=1.0)
+    node.prefix = ("unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"',
+                   str(node.work_dir))
+    node.start()
+    work = Path(f"/proc/{node.proc.pid}/root{node.work_dir}")  # the tmpfs, as the node sees it
+    c_store(node.port, "ORTHANC", ct_study["files"])
+    filler = work / "filler"
+    with open(filler, "wb", buffering=0) as fh:  # fill it to the last byte
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    study = ct_study["study_uid"]
+
+    def attempts() -> list[str]:
+        return [line for line in node.log_path.read_text().splitlines()
+                if f"ERROR deploy_app.node: study {study}: cannot be queued" in line]
+
+    wait_for(lambda: len(attempts()) >= 3, 20, "three attempts to queue the study")
+    lines = attempts()
+    assert all("No space left on device" in line for line in lines)
+    assert [line.rsplit("retrying in ", 1)[1] for line in lines[:3]] == ["0.5 s", "1.0 s", "1.0 s"]
+    log = node.log_path.read_text()
+    assert "internal error" not in log and log.count("status.json: [Errno 28] No space left on device") == 1
+    assert len(list((work / "incoming" / study).glob("*.dcm"))) == SLICES, "every instance is kept"
+    assert not list((work / "queued").iterdir()) and not list((work / "failed").iterdir())
+
+    filler.unlink()
+    [done] = wait_for(lambda: sorted((work / "done").iterdir()), 30, "the study to be processed")
+    assert json.loads((done / "job.json").read_text())["instances"] == SLICES
+    assert (done / "output" / "seg.dcm").is_file()
+    assert "status.json written again" in node.log_path.read_text()
