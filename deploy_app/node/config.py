@@ -56,6 +56,14 @@ class NodeConfig:
     send_backoff_max_seconds: float = 300.0
     #: After this many failed attempts the results go to ``failed/`` with the send log (0 = retry forever).
     send_max_attempts: int = 100
+    #: First wait after the spool could not be written (disk full, read-only); doubles on each failure up to
+    #: ``disk_retry_max_seconds``. The study or job stays where it is and is tried again: nothing is dropped.
+    disk_retry_seconds: float = 1.0
+    disk_retry_max_seconds: float = 300.0
+    #: A study whose association was aborted is held (not processed) until the sender completes it on an
+    #: association that ends normally, an administrator releases it, or this many seconds pass: then it goes to
+    #: ``failed/`` as a job that can be moved to ``queued/`` to process it as it is (0 = hold until released).
+    aborted_hold_seconds: float = 86400.0
     #: Keep the received instances of studies that were processed and sent (else they are removed then).
     keep_done_inputs: bool = False
     #: Port of the read-only HTTP status endpoint (``GET /status``); None = status file only.
@@ -92,6 +100,10 @@ class NodeConfig:
             _check_port(self.destination.port, "destination.port")
         if self.send_backoff_seconds <= 0 or self.send_backoff_max_seconds < self.send_backoff_seconds:
             raise InputError("need 0 < send_backoff_seconds <= send_backoff_max_seconds")
+        if self.disk_retry_seconds <= 0 or self.disk_retry_max_seconds < self.disk_retry_seconds:
+            raise InputError("need 0 < disk_retry_seconds <= disk_retry_max_seconds")
+        if self.aborted_hold_seconds < 0:
+            raise InputError(f"aborted_hold_seconds must be >= 0, got {self.aborted_hold_seconds}")
         if self.status_port is not None:
             _check_port(self.status_port, "status_port", allow_zero=True)
 

@@ -4,6 +4,7 @@ Why folders and renames instead of a database: a rename within one file system i
 each study is in exactly one state folder and an administrator can see (and fix) the queue with ``ls``::
 
     work_dir/incoming/<StudyUID>/<SOPInstanceUID>.dcm   receiving (quiet timer running)
+    work_dir/incoming/<StudyUID>/.held                  its association was aborted: held, not processed
     work_dir/incoming/.tmp/                             instances being written (never acknowledged yet)
     work_dir/queued/<job>/input/                        complete, waiting for a worker
     work_dir/running/<job>/{input,output.partial}/      pipeline running
@@ -19,6 +20,8 @@ An instance is acknowledged to the sender only after it was written, flushed to 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -36,16 +39,54 @@ from spleenseg.atomic import atomic_file
 log = logging.getLogger("deploy_app.node")
 
 STATES = ("queued", "running", "outbox", "done", "failed")
+#: Marker (JSON: reason, time) in an incoming study folder whose association was aborted; see ``Inbox.hold``.
+#: Removing it releases the study: its quiet timer then applies as usual.
+HELD_MARKER = ".held"
 #: Marker left in a study folder when the sender included a result this node produced (see ``note_own_result``).
 OWN_RESULT_MARKER = ".contains_own_result"
-#: Wait before trying again to queue a study whose folder could not be moved (e.g. disk full).
-QUEUE_RETRY_SECONDS = 30.0
 _SAFE_UID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,63}")
 
 
 def is_safe_uid(uid: str) -> bool:
     """True when ``uid`` can be used as a file name (DICOM UIDs are digits and dots; refuse path tricks)."""
     return bool(_SAFE_UID.fullmatch(uid)) and ".." not in uid
+
+
+def is_disk_full(exc: OSError) -> bool:
+    """True for "no space left" and "quota exceeded": the spool is fine, it only needs room, so wait and retry."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class Backoff:
+    """Per-key exponential backoff: ``first`` seconds, doubling on each failure, at most ``cap``.
+
+    Why: a step that fails because ``work_dir`` is full fails again on the next tick; retrying it every half
+    second floods the log and the disk. Each failure gives one wait (and the caller one log line).
+    """
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first, self.cap = first, cap
+        self._failures: dict[str, int] = {}
+        self._until: dict[str, float] = {}
+
+    def failed(self, key: str) -> float:
+        """Record a failure of ``key``; return how long to wait before trying it again."""
+        n = self._failures.get(key, 0)
+        delay = min(self.first * 2 ** n, self.cap)
+        self._failures[key] = n + 1
+        self._until[key] = time.monotonic() + delay
+        return delay
+
+    def ready(self, key: str) -> bool:
+        return self._until.get(key, 0.0) <= time.monotonic()
+
+    def failures(self, key: str) -> int:
+        """Failures of ``key`` since its last success."""
+        return self._failures.get(key, 0)
+
+    def succeeded(self, key: str) -> None:
+        self._failures.pop(key, None)
+        self._until.pop(key, None)
 
 
 def utc_now() -> str:
@@ -81,8 +122,10 @@ class JobRecord:
 class Inbox:
     """Receives instances and moves studies through the state folders. Thread-safe."""
 
-    def __init__(self, work_dir: str | Path) -> None:
+    def __init__(self, work_dir: str | Path, retry: Backoff | None = None) -> None:
         self.root = Path(work_dir)
+        #: Studies that could not be moved to ``queued/`` wait here before they are tried again.
+        self.queue_retry = retry or Backoff(1.0, 300.0)
         self.incoming = self.root / "incoming"
         self.tmp = self.incoming / ".tmp"
         for path in [self.tmp, *(self.root / s for s in STATES)]:
@@ -145,10 +188,78 @@ class Inbox:
             self._last_arrival[study_uid] = time.monotonic()
             self._callers.setdefault(study_uid, set()).add(calling_aet)
 
-    def receiving(self) -> dict[str, int]:
-        """Studies still inside their quiet time, with their instance counts so far."""
+    # ---- associations that did not end normally ------------------------------------------------------
+    def hold(self, study_uid: str, reason: str) -> None:
+        """Hold a study whose association was aborted: it is not queued when its quiet time is over.
+
+        Why: an abort means the sender did not finish; processing what arrived would send the PACS a SEG of part
+        of the series, and the re-send a second one. The study waits (``.held`` in its folder, shown in the
+        status) until :meth:`completed` (the sender sends it again on an association that ends normally), an
+        administrator removes ``.held``, or :meth:`expire_held` parks it in ``failed/``.
+        """
         with self._lock:
-            return {uid: _count_instances(self.incoming / uid) for uid in self._last_arrival}
+            study_dir = self.incoming / study_uid
+            if not study_dir.is_dir():
+                log.warning("study %s: %s, but what arrived was already queued", study_uid, reason)
+                return
+            record = {"reason": reason, "held_at": utc_now(), "held_since": time.time()}
+            with atomic_file(study_dir / HELD_MARKER) as tmp:
+                tmp.write_text(json.dumps(record))
+        log.warning("study %s: %s; held, not processed, until it is sent again on an association that ends "
+                    "normally (or an administrator removes %s)", study_uid, reason, study_dir / HELD_MARKER)
+
+    def completed(self, study_uid: str) -> None:
+        """An association that stored instances of this study ended normally: lift its hold, if any; its quiet
+        time starts again now."""
+        with self._lock:
+            marker = self.incoming / study_uid / HELD_MARKER
+            if not marker.is_file():
+                return
+            marker.unlink()
+            self._last_arrival[study_uid] = time.monotonic()
+        log.info("study %s: received again on an association that ended normally; no longer held", study_uid)
+
+    def held(self) -> dict[str, dict[str, Any]]:
+        """Held studies: instance count, reason and since when (UTC)."""
+        with self._lock:
+            out = {}
+            for uid in self._last_arrival:
+                record = _held_record(self.incoming / uid)
+                if record is not None:
+                    out[uid] = {"instances": _count_instances(self.incoming / uid), "reason": record.get("reason"),
+                                "held_at": record.get("held_at")}
+            return out
+
+    def expire_held(self, hold_seconds: float) -> list[JobRecord]:
+        """Park studies held longer than ``hold_seconds`` in ``failed/`` as jobs (moving one to ``queued/``
+        processes it as it is). Kept, never dropped: only a human can tell whether the part is enough."""
+        parked = []
+        with self._lock:
+            for study_uid in sorted(self._last_arrival):
+                record = _held_record(self.incoming / study_uid)
+                if record is None or time.time() - float(record.get("held_since", 0)) < hold_seconds:
+                    continue
+                error = (f"{record.get('reason')}, and no complete copy arrived within {hold_seconds:g} s "
+                         f"(aborted_hold_seconds); move this folder to queued/ to process what arrived")
+                try:
+                    job = self._new_job(study_uid, state="failed", error=error)
+                except OSError as exc:
+                    log.error("study %s: held for longer than %g s but cannot be moved to failed/ (%s); still held",
+                              study_uid, hold_seconds, exc)
+                    continue
+                with contextlib.suppress(OSError):  # the reason is in job.json already
+                    (self.job_dir(job) / "error.txt").write_text(error + "\n")
+                with contextlib.suppress(OSError):  # a job moved to queued/ is never held: the marker only informs
+                    os.unlink(self.job_dir(job) / "input" / HELD_MARKER)
+                log.error("study %s: %s; kept in %s", study_uid, job.error, self.job_dir(job))
+                parked.append(job)
+        return parked
+
+    def receiving(self) -> dict[str, int]:
+        """Studies still inside their quiet time (not held), with their instance counts so far."""
+        with self._lock:
+            return {uid: _count_instances(self.incoming / uid) for uid in self._last_arrival
+                    if not (self.incoming / uid / HELD_MARKER).exists()}
 
     def take_quiet_studies(self, quiet_seconds: float) -> list[JobRecord]:
         """Turn every study that got nothing new for ``quiet_seconds`` into a queued job (atomic rename)."""
@@ -156,41 +267,58 @@ class Inbox:
         now = time.monotonic()
         with self._lock:
             for study_uid, last in sorted(self._last_arrival.items(), key=lambda kv: kv[1]):
-                if now - last < quiet_seconds:
+                if now - last < quiet_seconds or not self.queue_retry.ready(study_uid):
+                    continue
+                if (self.incoming / study_uid / HELD_MARKER).exists():
                     continue
                 try:
                     jobs.append(self._new_job(study_uid))
+                    self.queue_retry.succeeded(study_uid)
                 except OSError as exc:  # one bad study folder must not stop the others from being queued
                     self._not_queued(study_uid, exc)
         return jobs
 
     def _not_queued(self, study_uid: str, exc: OSError) -> None:
-        """A study that could not be moved to ``queued/``: dropped when its folder is gone, else retried after
-        :data:`QUEUE_RETRY_SECONDS` (a full disk must not become a hot loop). Called with the lock held."""
+        """A study that could not be moved to ``queued/``: dropped when its folder is gone, else left in
+        ``incoming/`` and retried after a growing wait (a full disk must not become a hot loop). Called with the
+        lock held."""
         if not (self.incoming / study_uid).is_dir():
             log.error("study %s: its folder incoming/%s disappeared before it was queued (%s); nothing to process",
                       study_uid, study_uid, exc)
             self._last_arrival.pop(study_uid, None)
             self._callers.pop(study_uid, None)
+            self.queue_retry.succeeded(study_uid)
             return
-        log.error("study %s: cannot be queued (%s); retrying in %.0f s", study_uid, exc, QUEUE_RETRY_SECONDS)
-        self._last_arrival[study_uid] = time.monotonic() + QUEUE_RETRY_SECONDS
+        delay = self.queue_retry.failed(study_uid)
+        log.error("study %s: cannot be queued (%s); kept in incoming/, retrying in %.1f s", study_uid, exc, delay)
 
-    def _new_job(self, study_uid: str) -> JobRecord:
-        """Move ``incoming/<study>`` to ``queued/<job>/input``. Called with the lock held."""
+    def _new_job(self, study_uid: str, state: str = "queued", error: str | None = None) -> JobRecord:
+        """Move ``incoming/<study>`` to ``queued/<job>/input`` (or ``state``) with its ``job.json``. Called with
+        the lock held.
+
+        When the record cannot be written (disk full) the instances go back to ``incoming/<study>``: a job folder
+        without its record would be parked as broken, and the study must instead wait for room and be queued.
+        """
         job_id = self._unique_job_id(study_uid)
-        job_dir = self.root / "queued" / job_id
+        job_dir = self.root / state / job_id
         job_dir.mkdir()
         try:
             os.rename(self.incoming / study_uid, job_dir / "input")
         except OSError:
             job_dir.rmdir()  # never leave an empty queued/<job> behind
             raise
-        callers = sorted(self._callers.pop(study_uid, set()) or {"(before restart)"})
+        callers = sorted(self._callers.get(study_uid, set()) or {"(before restart)"})
+        job = JobRecord(job_id, study_uid, _count_instances(job_dir / "input"), callers, utc_now(), state=state,
+                        error=error)
+        try:
+            self.save(job)
+        except OSError:
+            os.rename(job_dir / "input", self.incoming / study_uid)
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
+        self._callers.pop(study_uid, None)
         del self._last_arrival[study_uid]
-        job = JobRecord(job_id, study_uid, _count_instances(job_dir / "input"), callers, utc_now())
-        self.save(job)
-        if self._earlier_jobs(study_uid, exclude=job_id):
+        if state == "queued" and self._earlier_jobs(study_uid, exclude=job_id):
             log.warning("study %s: received again after an earlier job; processing the new instances as job %s",
                         study_uid, job_id)
         return job
@@ -228,8 +356,9 @@ class Inbox:
                         study_dir.rmdir()
                     continue
                 self._last_arrival[study_dir.name] = now
-                log.info("study %s: resuming, %d instances already received", study_dir.name,
-                         _count_instances(study_dir))
+                held = _held_record(study_dir)
+                log.info("study %s: resuming, %d instances already received%s", study_dir.name,
+                         _count_instances(study_dir), f"; still held: {held.get('reason')}" if held else "")
         for job_dir in sorted((self.root / "running").iterdir()):
             shutil.rmtree(job_dir / "output.partial", ignore_errors=True)
             try:
@@ -311,6 +440,22 @@ class Inbox:
             except (OSError, ValueError, TypeError):  # being moved right now; next status update has it
                 continue
         return out
+
+
+def _held_record(study_dir: Path) -> dict[str, Any] | None:
+    """The ``.held`` record of a study folder; None when it is not held. An unreadable record still holds."""
+    marker = study_dir / HELD_MARKER
+    try:
+        since = marker.stat().st_mtime
+        record = json.loads(marker.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict):
+        record = {"reason": "held (unreadable .held record)"}
+    record.setdefault("held_since", since)
+    return record
 
 
 def _fsync_dir(folder: Path) -> None:

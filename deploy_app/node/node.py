@@ -18,8 +18,9 @@ import time
 from typing import Any
 
 from deploy_app.node.config import DEFAULT_PIPELINE, NodeConfig
-from deploy_app.node.inbox import OWN_RESULT_MARKER, Inbox, JobRecord, utc_now
+from deploy_app.node.inbox import OWN_RESULT_MARKER, Backoff, Inbox, JobRecord, is_disk_full, utc_now
 from deploy_app.node.pipeline import Pipeline, PipelineError, PipelineRunner
+from deploy_app.node.results import REGISTRY_NAME, ResultRegistry
 from deploy_app.node.scp import start_scp
 from deploy_app.node.sender import SendError, dicom_files, echo, read_headers, send_files
 from deploy_app.node.status import StatusServer, build_status, describe_results, report_results, write_status
@@ -35,7 +36,10 @@ class DicomNode:
 
     def __init__(self, config: NodeConfig, pipeline: Pipeline | None = None) -> None:
         self.config = config
-        self.inbox = Inbox(config.work_dir)
+        self.inbox = Inbox(config.work_dir, self._disk_backoff())
+        self.results = ResultRegistry(self.inbox.root / REGISTRY_NAME)
+        #: Jobs that a full (or unwritable) ``work_dir`` kept from being processed or parked wait here.
+        self._job_retry = self._disk_backoff()
         self.runner = PipelineRunner(pipeline or config.pipeline, config.model_path, config.pipeline_options,
                                      config.job_timeout_seconds)
         self.status_path = self.inbox.root / "status.json"
@@ -52,6 +56,10 @@ class DicomNode:
         self._started_at = utc_now()
         self._status_lock = threading.Lock()
         self._last_status: dict[str, Any] | None = None
+        self._status_error: str | None = None
+
+    def _disk_backoff(self) -> Backoff:
+        return Backoff(self.config.disk_retry_seconds, self.config.disk_retry_max_seconds)
 
     # ---- life cycle --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -153,8 +161,13 @@ class DicomNode:
             try:
                 write_status(self.status_path, status)
             except (OSError, SpleensegError) as exc:
-                log.warning("cannot write %s: %s", self.status_path, exc)
+                if str(exc) != self._status_error:  # once per problem, not on every tick while the disk is full
+                    log.warning("cannot write %s: %s; trying again on every change", self.status_path, exc)
+                    self._status_error = str(exc)
                 return
+            if self._status_error is not None:
+                log.info("%s written again", self.status_path)
+                self._status_error = None
             self._last_status = content
 
     # ---- ticker: quiet studies become jobs ---------------------------------------------------------------
@@ -163,13 +176,16 @@ class DicomNode:
             for job in self.inbox.take_quiet_studies(self.config.quiet_seconds):
                 log.info("study %s: received %d instance(s) from %s; queued as job %s", job.study_uid,
                          job.instances, ", ".join(job.calling_aets), job.job_id)
+            if self.config.aborted_hold_seconds:
+                self.inbox.expire_held(self.config.aborted_hold_seconds)
             self._enqueue_new_jobs()
             self.write_status()
 
     def _enqueue_new_jobs(self) -> None:
-        """Queue every job folder in ``queued/`` not queued yet (also ones an operator moved back by hand)."""
+        """Queue every job folder in ``queued/`` not queued yet (also ones an operator moved back by hand), except
+        jobs waiting out a retry delay after the spool could not be written."""
         for job_id in self.inbox.jobs_in("queued"):
-            if job_id not in self._enqueued:
+            if job_id not in self._enqueued and self._job_retry.ready(job_id):
                 self._enqueued.add(job_id)
                 self._jobs.put(job_id)
 
@@ -181,11 +197,47 @@ class DicomNode:
                 return
             try:
                 self._process(job_id)
+                self._job_retry.succeeded(job_id)
+            except OSError as exc:
+                if is_disk_full(exc):
+                    self._retry_later(job_id, f"work_dir is full ({exc})")
+                else:
+                    self._internal_error(job_id, exc)
             except Exception as exc:  # noqa: BLE001 - a bug or a disk problem must not wedge the queue
-                log.exception("job %s: internal error", job_id)
-                self._park_broken_job(job_id, f"internal error: {type(exc).__name__}: {exc}")
+                self._internal_error(job_id, exc)
             finally:
                 self._enqueued.discard(job_id)
+
+    def _internal_error(self, job_id: str, exc: Exception) -> None:
+        """A bug or an unexpected spool problem: park the job in ``failed/``; when even that fails, wait and retry
+        (one line per attempt, the traceback on the first)."""
+        reason = f"internal error: {type(exc).__name__}: {exc}"
+        problem = self._park_broken_job(job_id, reason, exc)
+        if problem is not None:
+            self._retry_later(job_id, f"{reason}; cannot move it to failed/ ({problem})", exc)
+
+    def _retry_later(self, job_id: str, reason: str, exc: Exception | None = None) -> None:
+        """Put a job the spool had no room for back in ``queued/`` (as it was) and wait before trying it again.
+
+        Why not ``failed/``: nothing is wrong with the study, and parking it needs room too; retried on every
+        tick, it would give two ERROR lines each half second for as long as the disk stays full.
+        """
+        running = self.inbox.job_dir(job_id, "running")
+        if running.is_dir():
+            shutil.rmtree(running / "output.partial", ignore_errors=True)  # the run is redone; frees its room
+            try:
+                os.rename(running, self.inbox.job_dir(job_id, "queued"))
+            except OSError as exc:
+                log.error("job %s: %s; cannot move it back to queued/ (%s); it runs again at the next start",
+                          job_id, reason, exc)
+                return
+        if not self.inbox.job_dir(job_id, "queued").is_dir():  # it got further (outbox/, done/): carries on there
+            log.error("job %s: %s; left where it is", job_id, reason)
+            return
+        first = self._job_retry.failures(job_id) == 0
+        delay = self._job_retry.failed(job_id)
+        log.error("job %s: not processed, %s; kept in queued/, retrying in %.1f s", job_id, reason, delay,
+                  exc_info=exc if first else None)
 
     def _process(self, job_id: str) -> None:
         job = self.inbox.load(self.inbox.job_dir(job_id, "queued"))
@@ -243,18 +295,23 @@ class DicomNode:
                     job.job_id, results)
         self._move_to_done(job)
 
-    def _park_broken_job(self, job_id: str, reason: str) -> None:
-        """Move a job that broke the worker to ``failed/`` as it is, so it is neither lost nor retried forever."""
+    def _park_broken_job(self, job_id: str, reason: str, exc: Exception | None = None) -> str | None:
+        """Move a job that broke the worker to ``failed/`` as it is, so it is neither lost nor retried forever.
+
+        Returns None when done (or when the job is gone), else why it stayed where it is (e.g. no room for
+        ``error.txt``); the caller then retries it later.
+        """
         for state in ("queued", "running"):
             src = self.inbox.job_dir(job_id, state)
             if src.is_dir():
                 try:
                     (src / "error.txt").write_text(reason + "\n")
                     os.rename(src, self.inbox.job_dir(job_id, "failed"))
-                    log.error("job %s: %s; kept in failed/", job_id, reason)
-                except OSError as exc:
-                    log.error("job %s: cannot move to failed/: %s", job_id, exc)
-                return
+                except OSError as err:
+                    return str(err)
+                log.error("job %s: %s; kept in failed/", job_id, reason, exc_info=exc)
+                return None
+        return None
 
     def _started(self, job: JobRecord, pid: int) -> None:
         job.pipeline_pid = pid
@@ -327,6 +384,11 @@ class DicomNode:
         files = [p for p in dicom_files(job_dir / "output") if p.name not in job.sent]
         job.send_attempts += 1
         try:
+            for r in self.results.adopt(files, job_id):
+                note = (f"{r.file.name} replaces the SEG of series {r.source_series_uid} sent by job "
+                        f"{r.earlier_job_id} (same Series and SOP Instance UID)")
+                self.inbox.append_log(job, note)
+                log.info("study %s: %s", job.study_uid, note)
             headers = read_headers(files)
             # Recorded *before* sending: a PACS may forward our SEG back before send_files returns. A UID recorded
             # for a send that then fails is harmless (the same result is sent again on the retry).

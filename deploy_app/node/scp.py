@@ -7,6 +7,9 @@ and refusing them would make the PACS transcode or, worse, fail the whole send.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import Counter
+from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
@@ -34,13 +37,48 @@ def make_ae(config: NodeConfig) -> AE:
     return ae
 
 
+class AssociationTracker:
+    """Which studies each open association stored, and how it ended.
+
+    Why: the quiet timer cannot tell a finished study from one whose sender gave up half way; the association
+    can. An abort (A-ABORT, or the connection dropped) holds the studies it stored (:meth:`Inbox.hold`); a normal
+    release tells the inbox that the sender finished them (:meth:`Inbox.completed`).
+    """
+
+    def __init__(self, inbox: Inbox) -> None:
+        self.inbox = inbox
+        self._stored: dict[int, Counter[str]] = {}
+        self._lock = threading.Lock()
+
+    def stored(self, assoc: Any, study_uid: str) -> None:
+        with self._lock:
+            self._stored.setdefault(id(assoc), Counter())[study_uid] += 1
+
+    def _take(self, assoc: Any) -> Counter[str]:
+        with self._lock:
+            return self._stored.pop(id(assoc), Counter())
+
+    def released(self, event: evt.Event) -> None:
+        for study_uid in self._take(event.assoc):
+            self.inbox.completed(study_uid)
+
+    def aborted(self, event: evt.Event) -> None:
+        calling = event.assoc.requestor.ae_title
+        for study_uid, n in self._take(event.assoc).items():
+            self.inbox.hold(study_uid, f"association from {calling} was aborted after {n} instance(s) of this "
+                                       "study")
+
+
 def start_scp(config: NodeConfig, inbox: Inbox) -> ThreadedAssociationServer:
     """Start listening (non-blocking); every received instance goes through :meth:`Inbox.store`."""
     ae = make_ae(config)
+    tracker = AssociationTracker(inbox)
     handlers = [
-        (evt.EVT_C_STORE, _handle_store, [inbox]),
+        (evt.EVT_C_STORE, _handle_store, [inbox, tracker]),
         (evt.EVT_C_ECHO, _handle_echo),
         (evt.EVT_REJECTED, _handle_rejected, [config]),
+        (evt.EVT_RELEASED, tracker.released),
+        (evt.EVT_ABORTED, tracker.aborted),
     ]
     server = ae.start_server((config.bind_address, config.port), block=False, evt_handlers=handlers)
     log.info("listening as %s on %s:%d; accepting calling AE titles %s", config.ae_title, config.bind_address,
@@ -48,7 +86,7 @@ def start_scp(config: NodeConfig, inbox: Inbox) -> ThreadedAssociationServer:
     return server
 
 
-def _handle_store(event: evt.Event, inbox: Inbox) -> int:
+def _handle_store(event: evt.Event, inbox: Inbox, tracker: AssociationTracker) -> int:
     """Write the instance exactly as received; answer success only once it is safely on disk."""
     calling = event.assoc.requestor.ae_title
     try:
@@ -70,6 +108,7 @@ def _handle_store(event: evt.Event, inbox: Inbox) -> int:
     except OSError as exc:
         log.error("C-STORE from %s: cannot write instance %s of study %s: %s", calling, sop_uid, study_uid, exc)
         return STATUS_OUT_OF_RESOURCES
+    tracker.stored(event.assoc, study_uid)
     return 0x0000
 
 

@@ -1,7 +1,8 @@
 """Send results back to the PACS by C-STORE, one association per study.
 
 Why files are sent as stored (``send_c_store(path)``): the SEG is transmitted byte for byte as the pipeline
-wrote and validated it, in its own transfer syntax, with no decode/re-encode in between.
+wrote and validated it, in its own transfer syntax, with no decode/re-encode in between (except that a later
+result for a source series takes the UIDs of the first, see :mod:`deploy_app.node.results`).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ log = logging.getLogger("deploy_app.node")
 def build_status(inbox: Inbox, node_info: dict[str, Any], destination: dict[str, Any]) -> dict[str, Any]:
     """Queue lengths per state and the most recent jobs, newest first."""
     receiving = inbox.receiving()
+    held = inbox.held()
     counts = {state: len(inbox.jobs_in(state)) for state in ("queued", "running", "outbox", "failed", "done")}
     return {
         "updated_at": utc_now(),
@@ -32,7 +33,8 @@ def build_status(inbox: Inbox, node_info: dict[str, Any], destination: dict[str,
         "destination": destination,
         "queue_length": len(receiving) + counts["queued"] + counts["running"] + counts["outbox"],
         "receiving": receiving,
-        "counts": {"receiving": len(receiving), "queued": counts["queued"], "running": counts["running"],
+        "held": held,
+        "counts": {"receiving": len(receiving), "held": len(held), "queued": counts["queued"], "running": counts["running"],
                    "sending": counts["outbox"], "failed": counts["failed"], "done": counts["done"]},
         "last_results": [_summary(job) for job in inbox.recent_jobs(20)],
     }

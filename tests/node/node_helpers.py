@@ -166,12 +166,15 @@ class NodeProcess:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     starts: int = 0
+    #: Put before the command, e.g. ``unshare`` to run the node in its own mount namespace.
+    prefix: tuple[str, ...] = ()
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(REPO_ROOT)]), PYTHONUNBUFFERED="1")
         self.log_path = self.work_dir.parent / f"node-stderr-{self.starts}.log"
         self.starts += 1
-        self.proc = subprocess.Popen([sys.executable, "-m", "deploy_app.node", "--config", str(self.config_path)],
+        command = [*self.prefix, sys.executable, "-m", "deploy_app.node", "--config", str(self.config_path)]
+        self.proc = subprocess.Popen(command,
                                      stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
         self.processes.append(self.proc)
         wait_for(lambda: self.proc.poll() is not None or c_echo(self.port, ORTHANC_AET), 30, "the node to listen")
@@ -218,6 +221,17 @@ def c_store(port: int, calling_aet: str, files: list[Path]) -> None:
             assert assoc.send_c_store(path).Status == 0
     finally:
         assoc.release()
+
+
+def c_store_then_abort(port: int, calling_aet: str, files: list[Path]) -> None:
+    """Send ``files`` on one association, then abort it (A-ABORT), as a PACS that gives up half way does."""
+    ae = AE(ae_title=calling_aet)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
+    assert assoc.is_established
+    for path in files:
+        assert assoc.send_c_store(path).Status == 0
+    assoc.abort()
 
 
 def send_study_from_orthanc(orthanc: Orthanc, files: list[Path]) -> None:

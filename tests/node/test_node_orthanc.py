@@ -6,6 +6,7 @@ the pipeline is the small threshold SEG writer in ``node_seg_pipeline.py`` so th
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ import requests
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from node_helpers import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, NODE_AET, SIZE, SLICES, c_store,
+from node_helpers import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, NODE_AET, SIZE, SLICES, c_store, c_store_then_abort,
                           dciodvfy_errors, free_port, send_study_from_orthanc, slice_z, wait_for, wait_for_seg,
                           write_ct_study)
 from spleenseg.paths import REPO_ROOT
@@ -208,3 +209,114 @@ def test_broken_study_fails_and_node_keeps_serving(orthanc_factory, node_factory
     seg = pydicom.dcmread(pydicom.filebase.DicomBytesIO(wait_for_seg(orthanc)))
     assert seg.StudyInstanceUID == good["study_uid"]
     assert node.status()["counts"]["failed"] == 1
+
+
+def _referenced_sops(seg_bytes: bytes) -> list[str]:
+    seg = pydicom.dcmread(pydicom.filebase.DicomBytesIO(seg_bytes))
+    return sorted(r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence)
+
+
+def test_an_aborted_study_is_held_until_it_is_sent_again_complete(orthanc_factory, node_factory, ct_study) -> None:
+    """The PACS aborts after half the study: nothing is processed when the quiet time is over (held, with the
+    reason in status.json); the PACS then sends the whole study on an association it releases: one SEG, of
+    every slice."""
+    node_port = free_port()
+    orthanc = orthanc_factory(node_port)
+    node = node_factory(port=node_port, destination={
+        "host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet})
+    study = ct_study["study_uid"]
+
+    c_store_then_abort(node.port, "ORTHANC", ct_study["files"][:3])
+    wait_for(lambda: f"study {study}: association from ORTHANC was aborted after 3 instance(s)" in node.log(), 10,
+             "the abort to be logged")
+    held = wait_for(lambda: node.status()["held"], 5, "status.json to show the held study")
+    assert held[study]["instances"] == 3 and "aborted after 3 instance(s)" in held[study]["reason"]
+    time.sleep(3.0)  # three quiet times: an unheld study would have been queued by now
+    assert [node.jobs(s) for s in ("queued", "running", "outbox", "done", "failed")] == [[], [], [], [], []]
+    assert orthanc.seg_instances() == [] and node.status()["counts"]["held"] == 1
+
+    c_store(node.port, "ORTHANC", ct_study["files"])  # the PACS sends the study again, to the end
+    assert _referenced_sops(wait_for_seg(orthanc)) == sorted(ct_study["sop_uids"])
+    [done] = wait_for(lambda: node.jobs("done"), 10, "the job to reach done/")
+    assert json.loads((done / "job.json").read_text())["instances"] == SLICES
+    assert "no longer held" in node.log() and node.status()["held"] == {}
+
+
+def test_a_later_complete_copy_replaces_the_earlier_seg(orthanc_factory, node_factory, ct_study) -> None:
+    """An administrator released a study held after an abort, so a SEG of half the slices reached the PACS; the
+    complete copy sent later gives a SEG with the same Series and SOP Instance UIDs: the PACS (Orthanc with the
+    README's OverwriteInstances) holds one SEG, now of every slice."""
+    node_port = free_port()
+    orthanc = orthanc_factory(node_port)
+    node = node_factory(port=node_port, destination={
+        "host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet})
+    study = ct_study["study_uid"]
+
+    c_store_then_abort(node.port, "ORTHANC", ct_study["files"][:3])
+    marker = node.work_dir / "incoming" / study / ".held"
+    wait_for(marker.is_file, 10, "the study to be held")
+    marker.unlink()  # released by hand: processed as it is
+    first_bytes = wait_for_seg(orthanc)
+    assert _referenced_sops(first_bytes) == sorted(ct_study["sop_uids"][:3])
+    first = pydicom.dcmread(pydicom.filebase.DicomBytesIO(first_bytes))
+    wait_for(lambda: node.jobs("done"), 10, "the first job to reach done/")
+
+    c_store(node.port, "ORTHANC", ct_study["files"])
+    wait_for(lambda: len(node.jobs("done")) == 2, 30, "the complete copy to be processed and sent")
+    second = wait_for_seg(orthanc)  # still exactly one SEG in the PACS
+    assert f"replaces the SEG of series {ct_study['series_uid']}" in node.log()
+    assert _referenced_sops(second) == sorted(ct_study["sop_uids"])
+    ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(second))
+    assert (ds.SeriesInstanceUID, ds.SOPInstanceUID) == (first.SeriesInstanceUID, first.SOPInstanceUID)
+    [series] = orthanc.rest("GET", "/series?expand")
+    assert len(series["Instances"]) == 1 and series["MainDicomTags"]["SeriesInstanceUID"] == first.SeriesInstanceUID
+
+
+def _tmpfs_works() -> bool:
+    """True when this machine lets an unprivileged user mount a tmpfs in a mount namespace of its own."""
+    try:
+        probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                               capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _tmpfs_works(), reason="needs unshare -rm and tmpfs mounts (a real small file system)")
+def test_a_full_work_dir_backs_off_and_goes_on_when_there_is_room(node_factory, ct_study) -> None:
+    """The node's work_dir is a real 1 MiB tmpfs (in the node's own mount namespace, seen through /proc/PID/root).
+    After a study arrives, the disk is filled: the study is not queued but kept, one ERROR per attempt with
+    doubling delays (not two per tick); once the filler is removed the study is processed."""
+    node = node_factory(start=False, quiet_seconds=2.0, disk_retry_seconds=0.5, disk_retry_max_seconds=1.0)
+    node.prefix = ("unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"',
+                   str(node.work_dir))
+    node.start()
+    work = Path(f"/proc/{node.proc.pid}/root{node.work_dir}")  # the tmpfs, as the node sees it
+    c_store(node.port, "ORTHANC", ct_study["files"])
+    filler = work / "filler"
+    with open(filler, "wb", buffering=0) as fh:  # fill it to the last byte
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    study = ct_study["study_uid"]
+
+    def attempts() -> list[str]:
+        return [line for line in node.log_path.read_text().splitlines()
+                if f"ERROR deploy_app.node: study {study}: cannot be queued" in line]
+
+    wait_for(lambda: len(attempts()) >= 3, 20, "three attempts to queue the study")
+    lines = attempts()
+    assert all("No space left on device" in line for line in lines)
+    assert [line.rsplit("retrying in ", 1)[1] for line in lines[:3]] == ["0.5 s", "1.0 s", "1.0 s"]
+    log = node.log_path.read_text()
+    assert "internal error" not in log and log.count("status.json: [Errno 28] No space left on device") == 1
+    assert len(list((work / "incoming" / study).glob("*.dcm"))) == SLICES, "every instance is kept"
+    assert not list((work / "queued").iterdir()) and not list((work / "failed").iterdir())
+
+    filler.unlink()
+    [done] = wait_for(lambda: sorted((work / "done").iterdir()), 30, "the study to be processed")
+    assert json.loads((done / "job.json").read_text())["instances"] == SLICES
+    assert (done / "output" / "seg.dcm").is_file()
+    assert "status.json written again" in node.log_path.read_text()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pydicom
@@ -22,8 +24,8 @@ from deploy_app.node.status import StatusServer
 from spleenseg.errors import InputError
 
 import node_seg_pipeline
-from node_helpers import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, SIZE, SPACING, TEST_PIPELINE, THICKNESS, free_port,
-                          write_ct_study)
+from node_helpers import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, SIZE, SPACING, TEST_PIPELINE, THICKNESS,
+                          dciodvfy_errors, free_port, write_ct_study)
 
 
 # ---- config ------------------------------------------------------------------------------------------------
@@ -348,3 +350,177 @@ def test_nothing_to_send_is_done_not_failed_and_not_retried(tmp_path: Path,
                                  "seg_file": None, "verdict": "no spleen found", "flags": ["no_spleen"]}]
     [line] = [r for r in caplog.records if "nothing to send" in r.getMessage()]
     assert line.levelno == logging.WARNING and "no spleen found [no_spleen]" in line.getMessage()
+
+
+# ---- a full work_dir: wait and retry, never a hot loop, never lose the study -------------------------------
+class _NoRoom:
+    """A file opened for writing on a full file system: it exists, but nothing can be written to it."""
+
+    def __init__(self, fh) -> None:  # noqa: ANN001 - any file object
+        self._fh = fh
+
+    def write(self, data) -> int:  # noqa: ANN001
+        raise OSError(errno.ENOSPC, "No space left on device", self._fh.name)
+
+    def __enter__(self) -> "_NoRoom":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._fh, name)
+
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch):
+    """``full_disk(root)``: under ``root`` files can still be created, renamed and removed, but writing data to
+    them fails with ENOSPC, as on a full file system; ``full_disk(None)`` frees the room again."""
+    import builtins
+    import io
+
+    real_open = io.open
+    state: dict[str, Path | None] = {"root": None}
+
+    def open_(file, mode="r", *args, **kwargs):  # noqa: ANN001 - the signature of open()
+        fh = real_open(file, mode, *args, **kwargs)
+        root = state["root"]
+        if root is not None and any(c in mode for c in "wax+") and isinstance(file, (str, os.PathLike)) \
+                and Path(file).resolve().is_relative_to(root.resolve()):
+            return _NoRoom(fh)
+        return fh
+
+    monkeypatch.setattr(io, "open", open_)
+    monkeypatch.setattr(builtins, "open", open_)
+    return lambda root: state.update(root=root)
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_study_that_cannot_be_queued_waits_in_incoming_with_growing_delays(
+        tmp_path: Path, full_disk, caplog: pytest.LogCaptureFixture) -> None:
+    """job.json cannot be written (disk full): the study stays in incoming/ with all its instances, one ERROR per
+    attempt with a doubling delay, and it is queued once there is room again. (It used to be moved to queued/
+    without its record, reported as "disappeared", and then parked and retried on every tick.)"""
+    ct = write_ct_study(tmp_path / "ct")
+    node = _node(tmp_path, disk_retry_seconds=0.2, disk_retry_max_seconds=0.4)
+    for path in ct["files"]:
+        node.inbox.store(ct["study_uid"], pydicom.dcmread(path).SOPInstanceUID, path.read_bytes(), "PACS")
+    full_disk(node.inbox.root)
+    delays = []
+    with caplog.at_level(logging.ERROR, logger="deploy_app.node"):
+        for _ in range(3):
+            assert node.inbox.take_quiet_studies(0) == []
+            node._enqueue_new_jobs()
+            assert node._jobs.empty() and node.inbox.jobs_in("queued") == []
+            assert node.inbox.take_quiet_studies(0) == [], "not tried again before its delay"
+            [line] = _errors(caplog)
+            assert f"study {ct['study_uid']}: cannot be queued" in line and "No space left on device" in line
+            delays.append(line.rsplit("retrying in ", 1)[1])
+            caplog.clear()
+            time.sleep(0.45)
+    assert delays == ["0.2 s", "0.4 s", "0.4 s"], "doubling, capped at disk_retry_max_seconds"
+    assert len(list((node.inbox.incoming / ct["study_uid"]).glob("*.dcm"))) == len(ct["files"])
+    assert node.inbox.receiving() == {ct["study_uid"]: len(ct["files"])}
+    full_disk(None)
+    [job] = node.inbox.take_quiet_studies(0)
+    assert job.instances == len(ct["files"]) and job.calling_aets == ["PACS"]
+
+
+def test_a_job_the_disk_has_no_room_for_goes_back_to_queued_and_waits(
+        tmp_path: Path, full_disk, caplog: pytest.LogCaptureFixture) -> None:
+    """The worker cannot write the job's record (disk full): the job is put back in queued/ as it was, not
+    re-queued on the next ticks but after its delay, one ERROR line per attempt; with room it is processed."""
+    ct = write_ct_study(tmp_path / "ct")
+    node = _node(tmp_path, disk_retry_seconds=0.3, disk_retry_max_seconds=0.3)
+    job = _queued_job(node, ct)
+    full_disk(node.inbox.root)
+    with caplog.at_level(logging.ERROR, logger="deploy_app.node"):
+        node._enqueue_new_jobs()
+        node._jobs.put(None)
+        node._worker()  # processes the job, then stops at None
+        [line] = _errors(caplog)
+        assert line.startswith(f"job {job.job_id}: not processed, work_dir is full (")
+        assert line.endswith("kept in queued/, retrying in 0.3 s")
+        for _ in range(3):  # the ticker's next ticks
+            node._enqueue_new_jobs()
+        assert node._jobs.empty(), "not queued again before its delay"
+    assert node.inbox.jobs_in("queued") == [job.job_id] and node.inbox.jobs_in("failed") == []
+    assert len(list((node.inbox.job_dir(job.job_id, "queued") / "input").glob("*.dcm"))) == len(ct["files"])
+    full_disk(None)
+    time.sleep(0.35)
+    node._enqueue_new_jobs()
+    node._jobs.put(None)
+    node._worker()
+    assert node.inbox.jobs_in("outbox") == [job.job_id]
+
+
+# ---- studies whose association was aborted --------------------------------------------------------------------
+def test_a_held_study_survives_a_restart_and_waits_for_release_or_expiry(tmp_path: Path) -> None:
+    """Held studies are never queued by the quiet timer, also after a restart; removing ``.held`` releases one
+    (queued as usual); one held past ``aborted_hold_seconds`` goes to failed/ with the reason, all its instances
+    and no marker, so moving it to queued/ processes it."""
+    inbox = Inbox(tmp_path)
+    for study in ("1.2.3", "1.2.4"):
+        inbox.store(study, f"{study}.1", b"a", "PACS")
+        inbox.store(study, f"{study}.2", b"b", "PACS")
+        inbox.hold(study, "association from PACS was aborted after 2 instance(s) of this study")
+    inbox = Inbox(tmp_path)
+    inbox.recover()
+    assert inbox.take_quiet_studies(0) == [] and inbox.receiving() == {}
+    assert set(inbox.held()) == {"1.2.3", "1.2.4"}
+    assert inbox.held()["1.2.3"]["instances"] == 2 and "aborted after 2" in inbox.held()["1.2.3"]["reason"]
+    assert inbox.expire_held(3600) == []
+
+    (tmp_path / "incoming" / "1.2.3" / ".held").unlink()  # an administrator releases it
+    [released] = inbox.take_quiet_studies(0)
+    assert released.study_uid == "1.2.3" and released.instances == 2
+    time.sleep(0.05)
+    [parked] = inbox.expire_held(0.01)
+    failed = tmp_path / "failed" / parked.job_id
+    assert inbox.jobs_in("failed") == [parked.job_id] and inbox.held() == {}
+    assert "aborted after 2 instance(s)" in (failed / "error.txt").read_text()
+    assert "aborted_hold_seconds" in Inbox.load(failed).error and Inbox.load(failed).state == "failed"
+    assert sorted(p.name for p in (failed / "input").iterdir()) == ["1.2.4.1.dcm", "1.2.4.2.dcm"]
+
+
+def test_a_normal_release_lifts_the_hold(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path)
+    inbox.store("1.2.3", "1.2.3.1", b"a", "PACS")
+    inbox.hold("1.2.3", "association from PACS was aborted after 1 instance(s) of this study")
+    inbox.store("1.2.3", "1.2.3.2", b"b", "PACS")  # sent again; held until that association ends normally
+    assert inbox.take_quiet_studies(0) == []
+    inbox.completed("1.2.3")
+    [job] = inbox.take_quiet_studies(0)
+    assert job.instances == 2 and not (tmp_path / "queued" / job.job_id / "input" / ".held").exists()
+
+
+def test_a_second_seg_of_a_series_takes_the_first_ones_uids(tmp_path: Path) -> None:
+    """Two runs on the same CT series: the second SEG is rewritten with the first's Series and SOP Instance UIDs
+    (its own content kept, still a valid SEG); a registry reread from disk (a restarted node) does the same, and
+    adopting a file again (a send retry) changes nothing."""
+    import highdicom as hd
+
+    from deploy_app.node.results import ResultRegistry
+
+    ct = write_ct_study(tmp_path / "ct")
+    segs = []
+    for run in ("a", "b", "c"):
+        (tmp_path / run).mkdir()
+        node_seg_pipeline.threshold_seg(str(ct["files"][0].parent), str(tmp_path / run))
+        segs.append(tmp_path / run / "seg.dcm")
+    first = pydicom.dcmread(segs[0])
+    registry = ResultRegistry(tmp_path / "seg_series.json")
+    assert registry.adopt([segs[0]], "job-a") == []
+    [replaced] = registry.adopt([segs[1]], "job-b")
+    assert replaced.source_series_uid == ct["series_uid"] and replaced.earlier_job_id == "job-a"
+    assert ResultRegistry(tmp_path / "seg_series.json").adopt([segs[2]], "job-c")[0].earlier_job_id == "job-a"
+    for path in segs[1:]:
+        seg = hd.seg.segread(path)
+        assert (seg.SeriesInstanceUID, seg.SOPInstanceUID) == (first.SeriesInstanceUID, first.SOPInstanceUID)
+        assert seg.file_meta.MediaStorageSOPInstanceUID == first.SOPInstanceUID
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct["series_uid"]
+        assert dciodvfy_errors(path) == []
+    assert registry.adopt([segs[1]], "job-b") == []
