@@ -23,6 +23,7 @@ from monai.deploy.core.domain.dicom_series_selection import StudySelectedSeries
 
 from deploy_app.qa import QA_OUTPUT, settle_no_spleen, unwrap_qa
 from deploy_app.volume_io import c_order
+from spleenseg.dicom.nifti import atomic_write_bytes
 from spleenseg.dicom.seg import spleen_segment_description
 from spleenseg.dicom.volume import detached_copy
 
@@ -137,8 +138,7 @@ class SpleenSegWriterOperator(Operator):
             log.warning("series %s: no spleen found; no SEG written for it", uid)
             return record
         seg = build_seg(mask, source, self.algorithm)
-        self.output_folder.mkdir(parents=True, exist_ok=True)
         path = self.output_folder / f"SEG_{uid}.dcm"
-        seg.save_as(path)
+        atomic_write_bytes(path, seg.save_as, ".dcm")  # a full disk: OutputError naming the file
         log.info("wrote %s: %d frames, %d spleen voxels", path.name, int(seg.NumberOfFrames), int(mask.sum()))
         return {**record, "path": path, "seg": seg}
