@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from spleenseg import __version__
-from spleenseg.atomic import ensure_writable_dir, make_temp_dir
-from spleenseg.errors import InputError
+from spleenseg.atomic import ensure_writable_dir, make_temp_dir, output_error
+from spleenseg.errors import InputError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,15 @@ def _staging_dir(output_dir: Path) -> Path:
     parent = output_dir if output_dir.is_dir() else output_dir.parent
     prefix = f".{output_dir.name}.partial-"
     _remove_stale_staging(parent, prefix)
-    staging = make_temp_dir(parent, prefix)
-    (staging / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    try:
+        staging = make_temp_dir(parent, prefix)
+    except OSError as exc:
+        raise output_error(output_dir, exc, "cannot create a staging folder here") from exc
+    try:
+        (staging / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise output_error(output_dir, exc) from exc
     return staging
 
 
@@ -134,6 +141,40 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _named_in(output_dir: Path, staging: Path) -> Iterator[None]:
+    """An :class:`OutputError` raised inside names the file in ``output_dir``, not in the hidden staging folder."""
+    try:
+        yield
+    except OutputError as exc:
+        renamed = OutputError(str(exc).replace(str(staging), str(output_dir)))
+        renamed.errno = exc.errno
+        raise renamed from exc
+
+
+def _move_in(staging: Path, output_dir: Path, report: dict[str, Any]) -> list[Path]:
+    """Merge the report with an earlier one in ``output_dir``, then move every staged file in; return them.
+
+    The merged report is written in the staging folder first, so a full disk stops the run (OutputError
+    naming the report) before any file has moved; renames on one file system need no space.
+    """
+    from spleenseg.dicom.nifti import atomic_write_bytes  # highdicom, nibabel: not for the node's imports
+
+    report_file, moved = staging / REPORT_NAME, []
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(output_dir, exc, "cannot create the output folder") from exc
+    with _locked(output_dir), _named_in(output_dir, staging):  # a parallel run merges its report after this one
+        merged = merge_reports(output_dir / REPORT_NAME, report)
+        text = json.dumps(merged, indent=2, default=str)
+        atomic_write_bytes(report_file, lambda tmp: Path(tmp).write_text(text), ".json")
+        for item in sorted(p for p in staging.iterdir() if p.name != OWNER_FILE):
+            os.replace(item, output_dir / item.name)
+            moved.append(output_dir / item.name)
+    return moved
+
+
 def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, model_path: str | os.PathLike, *,
         rules: str | os.PathLike | None = None, all_series: bool = False, stl: bool = False, nifti: bool = False,
         allow_generated_uids: bool = False) -> RunResult:
@@ -155,7 +196,8 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, model_path:
         options = AppOptions(input_dir=input_dir, output_dir=staging, model_path=model_path, model=model,
                              rules_path=Path(rules) if rules else None, all_series=all_series, stl=stl,
                              nifti=nifti, allow_generated_uids=allow_generated_uids)
-        SpleenSegApp(options).run()
+        with _named_in(output_dir, staging):
+            SpleenSegApp(options).run()
         report_file = staging / REPORT_NAME
         if not report_file.is_file():
             raise RuntimeError(f"the pipeline finished without writing {REPORT_NAME}; nothing was written")
@@ -164,14 +206,7 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, model_path:
         report.update(app_version=__version__, created_at=_utc_now(), input_dir=str(input_dir.resolve()))
         for entry in report["series"]:
             entry.update(created_at=report["created_at"], input_dir=report["input_dir"])
-        output_dir.mkdir(parents=True, exist_ok=True)
-        moved = []
-        with _locked(output_dir):  # another run into the same folder merges its report after this one
-            merged = merge_reports(output_dir / REPORT_NAME, report)
-            report_file.write_text(json.dumps(merged, indent=2, default=str))
-            for item in sorted(p for p in staging.iterdir() if p.name != OWNER_FILE):
-                os.replace(item, output_dir / item.name)
-                moved.append(output_dir / item.name)
+        moved = _move_in(staging, output_dir, report)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     seg_files = [output_dir / e["seg_file"] for e in report["series"] if e["seg_file"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -31,9 +32,39 @@ def output_error(path: str | os.PathLike, exc: OSError, action: str = "cannot wr
     """
     if isinstance(exc, OutputError):
         return exc
-    err = OutputError(f"{path}: {action} ({exc.strerror or exc})")
-    err.errno = exc.errno
+    cause = system_cause(exc)
+    reason, code = cause.strerror or str(cause), cause.errno
+    if code is None and _free_bytes(Path(path).parent) < LOW_SPACE_BYTES:  # numpy's tofile: "N requested and M written"
+        reason, code = f"{os.strerror(errno.ENOSPC)}: {cause}", errno.ENOSPC
+    err = OutputError(f"{path}: {action} ({reason})")
+    err.errno = code
     return err
+
+
+#: Free space below which a short write without an errno is reported as a full disk.
+LOW_SPACE_BYTES = 1 << 20
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return LOW_SPACE_BYTES
+
+
+def system_cause(exc: OSError) -> OSError:
+    """The innermost ``OSError`` with an errno behind ``exc`` (``exc`` itself when there is none).
+
+    Why: writers re-raise the system's error with their own context and without its errno (pydicom: "With tag
+    (0028,0103) got exception: [Errno 28] ..."); the user needs "No space left on device".
+    """
+    seen, current = [], exc
+    while isinstance(current, BaseException) and current not in seen:
+        seen.append(current)
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        current = current.__cause__ or current.__context__
+    return exc
 
 
 def make_temp_file(path: Path, suffix: str) -> Path:

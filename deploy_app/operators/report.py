@@ -20,7 +20,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 from monai.transforms.utils import generate_spatial_bounding_box
 from deploy_app.qa import log_qa
 from deploy_app.runner import REPORT_NAME
-from spleenseg.dicom.nifti import save_nifti, to_ras_nifti
+from spleenseg.dicom.nifti import atomic_write_bytes, save_nifti, to_ras_nifti
 from spleenseg.orientation import spleen_side
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ def mask_measurements(mask: np.ndarray, affine_lps: np.ndarray, instance_numbers
 
 
 def write_stl(mask: np.ndarray, affine_lps: np.ndarray, path: Path) -> None:
-    """Surface mesh (marching cubes at 0.5) in LPS millimetres, as 3D Slicer reads STL by default."""
+    """Surface mesh (marching cubes at 0.5) in LPS millimetres, as 3D Slicer reads STL by default; written
+    atomically (an OS error is :class:`~spleenseg.errors.OutputError` naming ``path``)."""
     from skimage.measure import marching_cubes
     from stl import mesh
 
@@ -68,7 +69,7 @@ def write_stl(mask: np.ndarray, affine_lps: np.ndarray, path: Path) -> None:
     verts = (affine_lps[:3, :3] @ (verts - 1).T + affine_lps[:3, 3:4]).T
     surface = mesh.Mesh(np.zeros(len(faces), dtype=mesh.Mesh.dtype))
     surface.vectors[:] = verts[faces]
-    surface.save(str(path))
+    atomic_write_bytes(path, lambda tmp: surface.save(str(tmp)), ".stl")
 
 
 def mask_nifti(mask: np.ndarray, affine_lps: np.ndarray) -> nib.Nifti1Image:
@@ -154,5 +155,5 @@ class SpleenReportOperator(Operator):
         log.info("series %s: spleen %.1f mL on %d slice(s), craniocaudal %.1f mm", uid, entry["spleen_volume_ml"],
                  entry["slices_with_spleen"], entry["craniocaudal_length_mm"])
         report = {"model": self.model, "series": self.entries}  # deploy_app.run() adds run_time_s, end to end
-        self.output_folder.mkdir(parents=True, exist_ok=True)
-        (self.output_folder / REPORT_NAME).write_text(json.dumps(report, indent=1, default=str))
+        text = json.dumps(report, indent=1, default=str)
+        atomic_write_bytes(self.output_folder / REPORT_NAME, lambda tmp: Path(tmp).write_text(text), ".json")

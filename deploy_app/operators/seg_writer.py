@@ -23,7 +23,9 @@ from monai.deploy.core.domain.dicom_series_selection import StudySelectedSeries
 
 from deploy_app.qa import QA_OUTPUT, settle_no_spleen, unwrap_qa
 from deploy_app.volume_io import c_order
+from spleenseg.dicom.nifti import atomic_write_bytes
 from spleenseg.dicom.seg import spleen_segment_description
+from spleenseg.dicom.volume import detached_copy
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,28 @@ class AlgorithmInfo:
     version: str
 
 
+def with_slice_thickness(source: list) -> list:
+    """``source``, its first dataset replaced by a copy that has a SliceThickness when it has none.
+
+    Why: the loader blanks a SliceThickness that is not a number ("abc", "1,5"), and highdicom copies the first
+    source's into the SEG's Pixel Measures, which need one (Type 1C: dciodvfy refuses it empty; highdicom
+    replaces a ``pixel_measures`` argument whose spacing equals the source's by the source's own). The distance
+    between neighbouring source slices stands in for it: the depth each SEG frame covers on the source grid.
+    The caller's datasets are not changed.
+    """
+    first = source[0]
+    if first.get("SliceThickness") not in (None, ""):
+        return source
+    row, col = np.asarray(first.ImageOrientationPatient, float).reshape(2, 3)
+    depth = np.sort([np.dot(np.cross(row, col), np.asarray(ds.ImagePositionPatient, float)) for ds in source])
+    spacing = float(np.median(np.diff(depth))) if len(source) > 1 else float(first.get("SpacingBetweenSlices") or 1)
+    copy = detached_copy(first)
+    if "SliceThickness" in copy:
+        del copy.SliceThickness
+    copy.SliceThickness = round(spacing, 6)
+    return [copy, *source[1:]]
+
+
 def build_seg(mask: np.ndarray, source: list, algorithm: AlgorithmInfo) -> hd.seg.Segmentation:
     """BINARY SEG with one frame per source slice (empty frames kept), segment 1 "Spleen" (SNOMED CT category
     Organ, type Spleen, automatic AI algorithm).
@@ -55,7 +79,7 @@ def build_seg(mask: np.ndarray, source: list, algorithm: AlgorithmInfo) -> hd.se
         raise RuntimeError(f"internal error: mask shape {mask.shape} does not match the source series {expected}")
     number = first.get("SeriesNumber")
     return hd.seg.Segmentation(
-        source_images=source,
+        source_images=with_slice_thickness(source),
         pixel_array=np.ascontiguousarray(mask, dtype=bool),  # C order: highdicom encodes frame by frame, 2x faster
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[spleen_segment_description(algorithm.name, algorithm.version, tracking_id="spleen")],
@@ -114,8 +138,7 @@ class SpleenSegWriterOperator(Operator):
             log.warning("series %s: no spleen found; no SEG written for it", uid)
             return record
         seg = build_seg(mask, source, self.algorithm)
-        self.output_folder.mkdir(parents=True, exist_ok=True)
         path = self.output_folder / f"SEG_{uid}.dcm"
-        seg.save_as(path)
+        atomic_write_bytes(path, seg.save_as, ".dcm")  # a full disk: OutputError naming the file
         log.info("wrote %s: %d frames, %d spleen voxels", path.name, int(seg.NumberOfFrames), int(mask.sum()))
         return {**record, "path": path, "seg": seg}

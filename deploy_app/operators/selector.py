@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,21 @@ def orientation_name(iop: Any) -> str:
     """Axial, Coronal or Sagittal: the patient axis the slice normal is closest to."""
     normal = normal_of([float(v) for v in iop])
     return ("Sagittal", "Coronal", "Axial")[int(np.argmax(np.abs(normal)))]
+
+
+def slice_thickness(ds: Any) -> float:
+    """SliceThickness in mm, or ``inf`` (unknown, ranked after every known thickness) when it is absent or not
+    one finite positive number.
+
+    Why: the value only breaks ties between series with the same slice count, and damaged exports hold text
+    ("abc", a decimal comma "1,5") or several values there; such a series is still usable, so the value is
+    ignored rather than stopping the run.
+    """
+    try:
+        value = float(ds.get("SliceThickness") or math.inf)
+    except (TypeError, ValueError):  # text, or a multi-valued element
+        return math.inf
+    return value if math.isfinite(value) and value > 0 else math.inf
 
 
 def _values(value: Any) -> list[str]:
@@ -115,7 +131,7 @@ class RankedSeriesSelectorOperator(DICOMSeriesSelectorOperator):
     def _rank(series: DICOMSeries) -> tuple:
         """Sort key: most slices, then thinnest spacing, then lowest series number, then UID (deterministic)."""
         datasets = RankedSeriesSelectorOperator._images(series)
-        thickness = min((float(ds.get("SliceThickness") or np.inf) for ds in datasets), default=np.inf)
+        thickness = min((slice_thickness(ds) for ds in datasets), default=math.inf)
         number = datasets[0].get("SeriesNumber")
         return (-len(datasets), thickness, int(number) if number not in (None, "") else 1 << 30,
                 str(series.SeriesInstanceUID))

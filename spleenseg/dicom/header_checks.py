@@ -7,8 +7,8 @@ spacing, UIDs that are path names, anonymised dates such as ``00000000``.
 Two kinds of finding:
 
 * :func:`unusable_reason` names a value that makes the pixels meaningless (the instance must be skipped);
-* :func:`repair_optional` blanks, in memory only, optional values that are not valid (a date, a SeriesNumber),
-  and says which, so a SEG can still be written without copying an invalid value into it;
+* :func:`repair_optional` blanks, in memory only, optional values that are not valid (a date, a SeriesNumber, a
+  SliceThickness), and says which, so a SEG can still be written without copying an invalid value into it;
 * :func:`not_a_number_reason` names a SliceThickness or SeriesNumber that is text: the converter, which records
   both in its side-car and names its outputs by the series number, refuses such a series (see there).
 """
@@ -104,4 +104,9 @@ def repair_optional(ds: pydicom.Dataset) -> list[str]:
     if number and not re.fullmatch(r"[+-]?\d{1,12}", number):
         del ds.SeriesNumber
         fixed.append(f"SeriesNumber {number!r}")
+    thickness = _raw(ds, "SliceThickness")
+    values = _numbers(thickness)
+    if values is not None and (len(values) != 1 or not math.isfinite(values[0])):
+        ds.SliceThickness = ""  # kept, empty: highdicom copies the element into the SEG's pixel measures
+        fixed.append(f"SliceThickness {thickness!r}")
     return fixed

@@ -58,7 +58,8 @@ def test_the_command_line_says_it_in_one_line_with_exit_2(tmp_path, small_series
 
 
 @pytest.mark.parametrize("keyword, vr, text", [("StudyDate", "DA", "00000000"), ("PatientBirthDate", "DA", "00000000"),
-                                               ("SeriesNumber", "IS", "x1")])
+                                               ("SeriesNumber", "IS", "x1"), ("SliceThickness", "DS", "abc"),
+                                               ("SliceThickness", "DS", "1,5")])
 def test_invalid_optional_values_are_left_empty_in_a_valid_seg(tmp_path, small_series, trained_bundle, keyword, vr,
                                                                text, caplog):
     _set_raw(small_series, keyword, vr, text)
@@ -68,7 +69,31 @@ def test_invalid_optional_values_are_left_empty_in_a_valid_seg(tmp_path, small_s
     seg = pydicom.dcmread(seg_path)
     if keyword == "SeriesNumber":  # the SEG numbers itself; without a source number it takes the offset alone
         assert int(seg.SeriesNumber) == 1000
+    elif keyword == "SliceThickness":  # the SEG's pixel measures take the slice spacing (4 mm) instead
+        measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+        assert float(measures.SliceThickness) == pytest.approx(4.0)
+        assert [float(v) for v in measures.PixelSpacing] == [3.0, 3.0]
     else:
         assert str(seg.get(keyword, "") or "") == ""
     assert dciodvfy_errors(seg_path) == []
     assert result.report["series"][0]["slices"] == 24
+
+
+def test_selector_ranks_a_text_slice_thickness_as_unknown(tmp_path, small_series):
+    """The selector alone (the loader blanks such values first): a series whose SliceThickness is text ranks
+    after one of the same slice count with a real thickness, instead of stopping the run."""
+    from monai.deploy.core.domain.dicom_series import DICOMSeries
+
+    from deploy_app.operators.selector import RankedSeriesSelectorOperator
+
+    _set_raw(small_series, "SliceThickness", "DS", "1,5")
+    damaged, numeric = DICOMSeries("1.2.3.1"), DICOMSeries("1.2.3.2")
+    for path in small_series:
+        damaged.add_sop_instance(pydicom.dcmread(path))
+        ds = pydicom.dcmread(path)
+        ds.SliceThickness = "5"
+        numeric.add_sop_instance(ds)
+    rank = RankedSeriesSelectorOperator._rank
+    assert rank(damaged)[:2] == (-24, float("inf"))
+    assert rank(numeric)[:2] == (-24, 5.0)
+    assert min([damaged, numeric], key=rank) is numeric
