@@ -17,6 +17,7 @@ from matplotlib.colors import ListedColormap
 from PIL import Image, ImageDraw
 
 from spleenseg.atomic import atomic_file
+from spleenseg.measure import dice
 from spleenseg.report.figure import plt, save_figure
 
 #: Soft-tissue CT window (level 40 HU, width 400 HU), the usual abdominal reading window.
@@ -38,6 +39,28 @@ def load_ras(path: str | Path) -> RasVolume:
     """Load a NIfTI and reorder its voxels to RAS (axis 0 → patient Right, 1 → Anterior, 2 → Superior)."""
     img = nib.as_closest_canonical(nib.load(str(path)))
     return RasVolume(np.asanyarray(img.dataobj), tuple(float(z) for z in img.header.get_zooms()[:3]), img.affine)
+
+
+def voxel_ml(affine: np.ndarray) -> float:
+    """Volume of one voxel in mL: the affine's determinant, so flipped, permuted or oblique grids all count."""
+    return abs(float(np.linalg.det(np.asarray(affine, float)[:3, :3]))) / 1000.0
+
+
+def case_title(case: str, model: str, prediction: RasVolume, reference: RasVolume | None = None) -> str:
+    """``case | model | Dice`` against the reference, or the predicted spleen volume in mL without one.
+
+    Why: a panel or GIF shown on its own (a slide, a chat) must still say which scan, which model and how good
+    the mask is; the score is computed from the masks drawn, in 3D over the whole volume.
+    """
+    pred = prediction.data > 0
+    if reference is None:
+        score = f"predicted spleen {float(pred.sum()) * voxel_ml(prediction.affine):.1f} mL"
+    elif reference.data.shape != prediction.data.shape:
+        raise ValueError(f"{case}: reference grid {reference.data.shape} differs from the prediction's "
+                         f"{prediction.data.shape}")
+    else:
+        score = f"Dice {dice(pred, reference.data > 0):.3f}"
+    return f"{case} | model {model} | {score}"
 
 
 def to_display(slice_xy: np.ndarray) -> np.ndarray:
@@ -72,10 +95,11 @@ def _markers(ax: plt.Axes) -> None:
     ax.text(0.5, 0.04, "P", **kw)
 
 
-def slice_panel(
-    image: RasVolume, reference: RasVolume | None, prediction: RasVolume, z: int, out_png: str | Path, title: str = ""
-) -> Path:
-    """One PNG: CT, reference mask, predicted mask and an overlay (reference outline green, prediction red)."""
+def panel_figure(
+    image: RasVolume, reference: RasVolume | None, prediction: RasVolume, z: int, title: str = ""
+) -> plt.Figure:
+    """CT, reference mask, predicted mask and an overlay (reference outline green, prediction red) of slice ``z``;
+    ``title`` (see :func:`case_title`) heads the figure above the slice's position."""
     sx, sy, sz = image.spacing
     aspect = sy / sx
     grey = to_display(window(image.data[:, :, z]))
@@ -101,9 +125,44 @@ def slice_panel(
         ax.set_yticks([])
         _markers(ax)
     z_mm = float((image.affine @ np.array([0, 0, z, 1]))[2])
-    fig.suptitle(f"{title}  axial slice {z} (z = {z_mm:.1f} mm)  green = reference, red = prediction")
+    where = f"axial slice {z} (z = {z_mm:.1f} mm)  green = reference, red = prediction"
+    fig.suptitle(f"{title}\n{where}" if title else where)
     fig.tight_layout()
-    return save_figure(fig, out_png)
+    return fig
+
+
+def slice_panel(
+    image: RasVolume, reference: RasVolume | None, prediction: RasVolume, z: int, out_png: str | Path, title: str = ""
+) -> Path:
+    """One PNG of :func:`panel_figure`; ``title`` is also stored as the PNG's ``Title`` text, for tools and
+    tests that read the file rather than its pixels."""
+    fig = panel_figure(image, reference, prediction, z, title)
+    return save_figure(fig, out_png, metadata={"Title": title} if title else None)
+
+
+def _banner_lines(text: str, width: int) -> list[str]:
+    """``text`` in lines that fit ``width`` pixels in PIL's default font, broken at the `` | `` between parts."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[str] = []
+    for part in text.split(" | ") if text else []:
+        joined = f"{lines[-1]} | {part}" if lines else part
+        if lines and draw.textlength(joined) <= width - 8:
+            lines[-1] = joined
+        else:
+            lines.append(part)
+    return lines
+
+
+def _with_banner(frame: Image.Image, lines: list[str]) -> Image.Image:
+    """``frame`` below a black band holding ``lines`` (the title must not hide the anatomy)."""
+    if not lines:
+        return frame
+    out = Image.new("RGB", (frame.width, frame.height + 12 * len(lines) + 4))
+    out.paste(frame, (0, out.height - frame.height))
+    draw = ImageDraw.Draw(out)
+    for i, line in enumerate(lines):
+        draw.text((4, 2 + 12 * i), line, fill=(255, 255, 255))
+    return out
 
 
 def _rgb_frame(image: RasVolume, reference: RasVolume | None, prediction: RasVolume, z: int) -> Image.Image:
@@ -130,12 +189,18 @@ def _rgb_frame(image: RasVolume, reference: RasVolume | None, prediction: RasVol
 
 def slices_gif(
     image: RasVolume, reference: RasVolume | None, prediction: RasVolume, out_gif: str | Path,
-    slices: Sequence[int] | None = None, fps: float = 8.0,
+    slices: Sequence[int] | None = None, fps: float = 8.0, title: str = "",
 ) -> Path:
-    """Animated GIF from inferior to superior through the slices (prediction red, reference outline green)."""
+    """Animated GIF from inferior to superior through the slices (prediction red, reference outline green).
+
+    ``title`` (see :func:`case_title`) is drawn above every frame and stored as the GIF's comment.
+    """
     out_gif = Path(out_gif)
     zs = list(slices) if slices is not None else list(range(image.data.shape[2]))
     frames = [_rgb_frame(image, reference, prediction, z) for z in zs]
+    lines = _banner_lines(title, frames[0].width)
+    frames = [_with_banner(f, lines) for f in frames]
     with atomic_file(out_gif) as tmp:
-        frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+        frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0,
+                       comment=title)
     return out_gif

@@ -16,7 +16,7 @@ from typing import Any
 from spleenseg.errors import InputError
 from spleenseg.paths import BUNDLE_DIR
 from spleenseg.report.curves import plot_learning_curves, read_metrics
-from spleenseg.report.overlay import choose_slices, load_ras, slice_panel, slices_gif
+from spleenseg.report.overlay import case_title, choose_slices, load_ras, slice_panel, slices_gif
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,16 @@ def run_bundle_inference(images: list[Path], out_dir: Path, ckpt: Path, **overri
     return {img: out_dir / f"{stem[img]}_seg.nii.gz" for img in images}
 
 
+def model_label(ckpt: Path) -> str:
+    """The checkpoint (relative to the working folder when inside it) and the version of the bundle whose
+    ``inference.json`` ran it, e.g. ``runs/train/models/model.pt (bundle 0.2.0)``: a figure must say which
+    weights made its mask, and every checkpoint is called ``model.pt``."""
+    version = json.loads((BUNDLE_DIR / "configs" / "metadata.json").read_text())["version"]
+    path = ckpt.resolve()
+    shown = path.relative_to(Path.cwd().resolve()) if path.is_relative_to(Path.cwd().resolve()) else path
+    return f"{shown} (bundle {version})"
+
+
 def _switch(value: Any, name: str) -> bool:
     from monai.utils import str2bool
 
@@ -103,16 +113,18 @@ def visualize(
         raise InputError(f"{ckpt}: checkpoint does not exist")
     cases = _cases(dataset_dir, split, n_cases, val_fraction, seed)
     preds = run_bundle_inference([c["image"] for c in cases], out_dir / "predictions", ckpt, **overrides)
+    model = model_label(ckpt)
     written: list[Path] = []
     for case in cases:
         image = load_ras(case["image"])
         pred = load_ras(preds[case["image"]])
         ref = load_ras(case["label"]) if case["label"] else None
         name = case["image"].name.split(".nii")[0]
+        title = case_title(name, model, pred, ref)
         for z in choose_slices((ref or pred).data > 0, n_slices):
-            written.append(slice_panel(image, ref, pred, z, out_dir / f"{name}_slice{z:03d}.png", title=name))
+            written.append(slice_panel(image, ref, pred, z, out_dir / f"{name}_slice{z:03d}.png", title=title))
         if gif:
-            written.append(slices_gif(image, ref, pred, out_dir / f"{name}.gif"))
+            written.append(slices_gif(image, ref, pred, out_dir / f"{name}.gif", title=title))
     if metrics:
         written.append(plot_learning_curves(read_metrics(metrics), out_dir / "learning_curves.png"))
     for path in written:

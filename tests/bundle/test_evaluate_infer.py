@@ -201,22 +201,26 @@ def test_an_unexpected_error_keeps_its_traceback_and_repeats_the_cause_last(trai
 
 
 def test_torchrun_evaluate_matches_one_process(trained_run: TrainRun, tmp_path: Path) -> None:
-    """Two gloo processes split the cases; the per-case table is the same as one process would write."""
+    """Two gloo processes split the cases; the per-case table is the same as one process would write, and only
+    rank 0 draws its sliding-window bars (two processes would garble one terminal)."""
+    import re
     import sys
 
-    tables = {}
+    tables, bars = {}, {}
     for name, configs, launcher in (
         ("one", ("train", "evaluate"), None),
         ("two", ("train", "evaluate", "multi_gpu_evaluate"),
          [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519"]),
     ):
         out = tmp_path / name
-        run_bundle(["run", "--config_file", config_arg(*configs), "--dataset_dir", str(trained_run.dataset_dir),
-                    "--ckpt_dir", str(trained_run.ckpt_dir), "--output_dir", str(out), "--eval_split", "training",
-                    *TINY], launcher=launcher)
+        proc = run_bundle(["run", "--config_file", config_arg(*configs), "--dataset_dir",
+                           str(trained_run.dataset_dir), "--ckpt_dir", str(trained_run.ckpt_dir), "--output_dir",
+                           str(out), "--eval_split", "training", *TINY], launcher=launcher)
+        bars[name] = len(re.findall(r"(?:^|\s)0%\|", proc.stderr))  # a bar starts once per case scored
         with (out / "metrics_per_case.csv").open() as fh:
             tables[name] = {r["case"]: r for r in csv.DictReader(fh) if r["case"] not in ("mean", "std", "median")}
     assert tables["one"].keys() == tables["two"].keys() and len(tables["one"]) >= 2
+    assert bars == {"one": len(tables["one"]), "two": (len(tables["one"]) + 1) // 2}  # rank 0: every other case
     for case, row in tables["one"].items():
         for metric in METRICS:
             assert float(tables["two"][case][metric]) == pytest.approx(float(row[metric]), rel=1e-3, abs=1e-4)

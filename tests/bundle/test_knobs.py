@@ -5,6 +5,7 @@ makes a bool only of ``False``/``True``), and it must switch the step off, not l
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -12,12 +13,14 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigParser
 
-from bundle_util import CONFIGS, config_arg, run_bundle
+from bundle_util import CONFIGS, TINY, config_arg, run_bundle
 
 #: (value on the command line after fire's parsing, what it means)
 CLI_VALUES = [("false", False), ("FALSE", False), ("no", False), (0, False), (False, False),
               ("true", True), ("Yes", True), (1, True), (True, True)]
 #: (configs merged, list of steps, knob that switches some of them)
+#: A tqdm bar as it reaches a file or pipe, e.g. ``100%|##########| 1/1 [00:00<00:00,  2.51it/s]``.
+TQDM_BAR = re.compile(r"\d+%\|[^|\n]*\| \d+/\d+ \[")
 SWITCHES = [(("inference",), "postprocessing_transforms", "save_prob"),
             (("train", "evaluate"), "validate#postprocessing_transforms", "largest_cc"),
             (("train", "evaluate"), "validate#postprocessing_transforms", "save_pred")]
@@ -84,3 +87,32 @@ def test_cli_false_keeps_the_selection_step_and_leaves_out_the_probability(tmp_p
     # the spleen selection still runs (it computes the QA; with largest_cc false it keeps every component)
     assert steps.count("SelectSpleenComponentd") == 1 and "Lambdad" not in steps
     assert "CopyItemsd" not in steps and steps.count("SaveImaged") == 1  # the mask, no probability map
+
+
+@pytest.mark.parametrize("configs, inferer", [(("inference",), "inferer"), (("train", "evaluate"), "validate#inferer")])
+def test_sliding_window_progress_is_on_unless_switched_off(configs, inferer) -> None:
+    assert _parser(*configs).get_parsed_content(inferer).progress is True
+    for given, expected in CLI_VALUES:
+        assert _parser(*configs, sw_progress=given).get_parsed_content(inferer).progress is expected, given
+
+
+def test_validation_during_training_has_no_sliding_window_bar() -> None:
+    """Training has its own epoch bar; one more per validation case would bury it."""
+    assert _parser("train").get_parsed_content("validate#inferer").progress is False
+
+
+def test_inference_prints_the_sliding_window_bar_and_false_removes_it(tmp_path: Path) -> None:
+    """A real run of the shipped model on a tiny CT: by default the bar is on stderr, ``--sw_progress false``
+    drops it."""
+    image = tmp_path / "ct.nii.gz"
+    ct = np.full((24, 24, 24), -1000, np.int16)
+    ct[4:20, 4:20, 4:20] = 40  # a body for CropForegroundd
+    nib.save(nib.Nifti1Image(ct, np.diag([6.0, 6.0, 6.0, 1.0])), image)
+    runs = {}
+    for name, switch in (("default", []), ("false", ["--sw_progress", "false"])):
+        out = tmp_path / name
+        runs[name] = run_bundle(["run", "--config_file", config_arg("inference"), "--input_file", str(image),
+                                 "--output_dir", str(out), *switch, *TINY])
+        assert (out / "ct_seg.nii.gz").is_file()
+    assert TQDM_BAR.search(runs["default"].stderr), runs["default"].stderr[-2000:]
+    assert not TQDM_BAR.search(runs["false"].stderr + runs["false"].stdout)

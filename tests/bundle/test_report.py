@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 from PIL import Image
 
 from bundle_util import TINY, TrainRun
+from spleenseg.measure import dice
 from spleenseg.paths import REPO_ROOT
 from spleenseg.report.curves import best_epoch, plot_learning_curves, read_metrics
-from spleenseg.report.overlay import load_ras, to_display
+from spleenseg.report.overlay import (RasVolume, case_title, load_ras, panel_figure, slice_panel, slices_gif,
+                                      to_display, voxel_ml)
+from spleenseg.report.visualize import model_label
 
 
 def test_curves_mark_the_best_epoch(tmp_path: Path) -> None:
@@ -43,6 +49,53 @@ def test_display_is_radiological_for_ras_and_lps_files(tmp_path: Path) -> None:
         assert row < shown.shape[0] / 2, f"{name}: anterior not at the top"
 
 
+def _saved_ras(data: np.ndarray, affine: np.ndarray, path: Path) -> RasVolume:
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return load_ras(path)
+
+
+@pytest.fixture
+def crafted(tmp_path: Path) -> tuple[RasVolume, RasVolume, RasVolume]:
+    """(CT, prediction, reference) stored LPS with 2 x 2 x 2.5 mm voxels (10 uL each): the prediction has 400
+    voxels (4.0 mL), the reference 400 of which 200 are shared, so Dice is exactly 0.5."""
+    affine = np.diag([-2.0, -2.0, 2.5, 1.0])
+    pred = np.zeros((20, 16, 8), np.uint8)
+    pred[2:12, 2:12, 2:6] = 1
+    ref = np.zeros_like(pred)
+    ref[7:17, 2:12, 2:6] = 1
+    ct = np.full(pred.shape, -100, np.int16) + 150 * pred
+    return (_saved_ras(ct, affine, tmp_path / "ct.nii.gz"), _saved_ras(pred, affine, tmp_path / "pred.nii.gz"),
+            _saved_ras(ref, affine, tmp_path / "ref.nii.gz"))
+
+
+def test_title_has_case_model_and_the_dice_or_the_volume_of_the_masks(crafted) -> None:
+    _, pred, ref = crafted
+    assert case_title("case7", "m.pt (bundle 9.9)", pred, ref) == "case7 | model m.pt (bundle 9.9) | Dice 0.500"
+    assert case_title("case7", "m.pt", pred) == "case7 | model m.pt | predicted spleen 4.0 mL"
+    c, s = np.cos(0.5), np.sin(0.5)  # an oblique grid keeps its voxel volume
+    assert voxel_ml(np.array([[2 * c, -2 * s, 0, 0], [2 * s, 2 * c, 0, 0], [0, 0, 2.5, 0], [0, 0, 0, 1]])) == \
+        pytest.approx(0.01)
+    with pytest.raises(ValueError, match="reference grid"):
+        case_title("case7", "m.pt", pred, RasVolume(ref.data[:-1], ref.spacing, ref.affine))
+
+
+def test_panel_and_gif_carry_the_title(crafted, tmp_path: Path) -> None:
+    """The figure's heading, the PNG's Title text and the GIF's comment are the title; the GIF draws it in a
+    band above the slice."""
+    ct, pred, ref = crafted
+    title = case_title("case7", "m.pt (bundle 9.9)", pred, ref)
+    assert panel_figure(ct, ref, pred, 3, title)._suptitle.get_text().startswith(title + "\n")
+    with Image.open(slice_panel(ct, ref, pred, 3, tmp_path / "p.png", title)) as png:
+        assert png.text["Title"] == title
+    with Image.open(slices_gif(ct, ref, pred, tmp_path / "t.gif", title=title)) as gif, \
+            Image.open(slices_gif(ct, ref, pred, tmp_path / "u.gif")) as plain:
+        assert gif.info["comment"] == title.encode() and "comment" not in plain.info
+        band = gif.height - plain.height
+        assert band > 0 and gif.width == plain.width
+        text = np.asarray(gif.convert("RGB"))[:band].min(axis=2)
+        assert (text > 200).any() and (text == 0).mean() > 0.5  # white (anti-aliased) letters on black
+
+
 def test_visualize_cli_writes_panels_gif_and_curves(trained_run: TrainRun, tmp_path: Path) -> None:
     out = tmp_path / "fig"
     proc = subprocess.run([sys.executable, "scripts/visualize.py", "--dataset_dir", str(trained_run.dataset_dir),
@@ -57,10 +110,21 @@ def test_visualize_cli_writes_panels_gif_and_curves(trained_run: TrainRun, tmp_p
     with Image.open(next(out.glob("*.gif"))) as gif:
         assert n_slices / 2 < gif.n_frames <= n_slices  # one frame per slice (PIL may merge identical ones)
     assert (out / "learning_curves.png").is_file()
+    name = panels[0].name.split("_slice")[0]
+    pred = nib.load(next((out / "predictions").glob(f"*{name}_seg.nii.gz"))).get_fdata()
+    ref = nib.load(trained_run.dataset_dir / "labelsTs" / f"{name}.nii.gz").get_fdata()
+    with Image.open(panels[0]) as png:
+        assert png.text["Title"] == f"{name} | model {model_label(trained_run.model)} | Dice {dice(pred, ref):.3f}"
 
 
 def test_visualize_gif_false_and_a_misspelt_option(trained_run: TrainRun, tmp_path: Path) -> None:
-    base = [sys.executable, "scripts/visualize.py", "--dataset_dir", str(trained_run.dataset_dir), "--ckpt",
+    """Also: without a reference label the title gives the predicted spleen volume of the written mask."""
+    unlabelled = tmp_path / "unlabelled"
+    shutil.copytree(trained_run.dataset_dir, unlabelled)
+    meta = json.loads((unlabelled / "dataset.json").read_text())
+    del meta["test_labels"]
+    (unlabelled / "dataset.json").write_text(json.dumps(meta))
+    base = [sys.executable, "scripts/visualize.py", "--dataset_dir", str(unlabelled), "--ckpt",
             str(trained_run.model), "--split", "test", "--n_cases", "1", "--n_slices", "1", *TINY]
     typo = subprocess.run([*base, "--out_dir", str(tmp_path / "typo"), "--n_slice", "2"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
@@ -70,14 +134,16 @@ def test_visualize_gif_false_and_a_misspelt_option(trained_run: TrainRun, tmp_pa
     proc = subprocess.run([*base, "--out_dir", str(tmp_path / "fig"), "--gif", "false"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert list((tmp_path / "fig").glob("*_slice*.png")) and not list((tmp_path / "fig").glob("*.gif"))
+    panel = next((tmp_path / "fig").glob("*_slice*.png"))
+    assert not list((tmp_path / "fig").glob("*.gif"))
+    mask = nib.load(next((tmp_path / "fig" / "predictions").glob("*_seg.nii.gz")))
+    ml = float((mask.get_fdata() > 0).sum()) * abs(np.linalg.det(mask.affine[:3, :3])) / 1000.0
+    with Image.open(panel) as png:
+        assert png.text["Title"].endswith(f" | predicted spleen {ml:.1f} mL"), png.text["Title"]
 
 
 def test_visualize_picks_the_validation_cases_training_used(tiny_cohort: Path, tmp_path: Path) -> None:
     """A dataset without a ``validation`` list (as MSD Task09) gets the same split training derives."""
-    import json
-    import shutil
-
     from spleenseg.report.visualize import _bundle_datalist, _cases
 
     msd_like = tmp_path / "Task09"
