@@ -23,6 +23,10 @@ INPUT_ERROR_STATUS = 2
 USER_ERROR_NAMES = frozenset({"SpleensegError", "InputError"})
 
 
+class InputError(ValueError):
+    """A problem the user can fix in the input (names the file and the problem); ends the run with status 2."""
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """The exception and its causes, outermost first (each exception once)."""
     seen: set[int] = set()
@@ -39,6 +43,12 @@ def user_error(exc: BaseException) -> BaseException | None:
         if isinstance(e, FileNotFoundError) or USER_ERROR_NAMES & {c.__name__ for c in type(e).__mro__}:
             found = e
     return found
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of the chain: the one that says what was wrong (MONAI wraps it in
+    ``RuntimeError: applying transform ...``)."""
+    return list(_chain(exc))[-1]
 
 
 def message(exc: BaseException) -> str:
@@ -59,7 +69,7 @@ def _hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | Non
     problem = user_error(exc)
     if problem is None or os.environ.get("SPLEENSEG_TRACEBACK"):
         sys.__excepthook__(kind, exc, tb)
-    inner = problem or list(_chain(exc))[-1]
+    inner = problem or root_cause(exc)
     print(f"error: {message(inner)}", file=sys.stderr, flush=True)
     if problem is not None:
         sys.stdout.flush()
