@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -32,9 +33,10 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from spleenseg.atomic import atomic_file
+from spleenseg.errors import InputError
 
 log = logging.getLogger("deploy_app.node")
 
@@ -117,6 +119,32 @@ class JobRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+LOCK_NAME = "node.lock"
+
+
+def lock_spool(root: Path, owner: str) -> IO[str]:
+    """Hold an exclusive lock on ``root/node.lock`` for as long as the returned file stays open.
+
+    Two nodes on one spool would take the same studies and send each result twice, so a second node on a
+    locked spool stops at start-up with one line naming the spool and the node that holds it. The kernel
+    drops the lock when its process ends, however it ends: a crashed node never leaves a stale lock.
+    """
+    path = root / LOCK_NAME
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise InputError(f"{root}: this spool is in use by {holder}; give each node its own work_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{owner} (pid {os.getpid()})\n")
+    handle.flush()
+    return handle
 
 
 class Inbox:

@@ -18,7 +18,8 @@ import time
 from typing import Any
 
 from deploy_app.node.config import DEFAULT_PIPELINE, NodeConfig
-from deploy_app.node.inbox import OWN_RESULT_MARKER, Backoff, Inbox, JobRecord, is_disk_full, utc_now
+from deploy_app.node.inbox import (OWN_RESULT_MARKER, Backoff, Inbox, JobRecord, is_disk_full, lock_spool,
+                                   utc_now)
 from deploy_app.node.pipeline import Pipeline, PipelineError, PipelineRunner
 from deploy_app.node.results import REGISTRY_NAME, ResultRegistry
 from deploy_app.node.scp import start_scp
@@ -57,13 +58,23 @@ class DicomNode:
         self._status_lock = threading.Lock()
         self._last_status: dict[str, Any] | None = None
         self._status_error: str | None = None
+        self._spool_lock: Any = None
 
     def _disk_backoff(self) -> Backoff:
         return Backoff(self.config.disk_retry_seconds, self.config.disk_retry_max_seconds)
 
     # ---- life cycle --------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Check the model, recover the spool, then start receiving, processing and sending."""
+        """Lock the spool, check the model, recover the spool, then start receiving, processing and sending."""
+        self._spool_lock = lock_spool(self.inbox.root, f"node {self.config.ae_title} on port {self.config.port}")
+        try:
+            self._start_serving()
+        except BaseException:
+            self._release_spool()
+            raise
+
+    def _start_serving(self) -> None:
+        """Everything after the lock; any failure here releases it again (see :meth:`start`)."""
         self._check_model()
         self.inbox.recover()
         self._enqueue_new_jobs()
@@ -109,7 +120,13 @@ class DicomNode:
         if self._http is not None:
             self._http.close()
         self.write_status()
+        self._release_spool()
         log.info("stopped")
+
+    def _release_spool(self) -> None:
+        if self._spool_lock is not None:
+            self._spool_lock.close()  # closing the file drops the lock
+            self._spool_lock = None
 
     def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT (Ctrl-C), then stop cleanly."""

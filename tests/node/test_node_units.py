@@ -24,7 +24,7 @@ from deploy_app.node.status import StatusServer
 from spleenseg.errors import InputError
 
 import node_seg_pipeline
-from node_helpers import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, SIZE, SPACING, TEST_PIPELINE, THICKNESS,
+from node_helpers import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, NODE_AET, SIZE, SPACING, TEST_PIPELINE, THICKNESS,
                           dciodvfy_errors, free_port, write_ct_study)
 
 
@@ -524,3 +524,20 @@ def test_a_second_seg_of_a_series_takes_the_first_ones_uids(tmp_path: Path) -> N
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct["series_uid"]
         assert dciodvfy_errors(path) == []
     assert registry.adopt([segs[1]], "job-b") == []
+
+
+def test_a_second_node_on_the_same_spool_stops_at_start_up(node_factory, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """Two nodes on one work_dir would take the same studies: the second one (another port) stops with one line
+    naming the spool and the running node, and leaves the spool as it was; once the first is killed, the
+    lock is gone with it and a new node starts on that spool."""
+    first = node_factory()
+    before = sorted(p.relative_to(first.work_dir) for p in first.work_dir.rglob("*"))
+    argv = ["--work-dir", str(first.work_dir), "--allowed-calling-aets", "PACS", "--port", str(free_port())]
+    assert main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"error: {first.work_dir}: this spool is in use by node {NODE_AET} on port {first.port} "
+                    f"(pid {first.proc.pid}); give each node its own work_dir")
+    assert sorted(p.relative_to(first.work_dir) for p in first.work_dir.rglob("*")) == before
+    first.kill()
+    first.start()  # the same spool, a new process: no stale lock
