@@ -12,4 +12,10 @@ Scripts in ``scripts/`` are thin ``fire`` command lines over these modules; the 
 import from here instead of copying code.
 """
 
+import warnings
+
 __version__ = "0.1.0"
+
+# Holoscan (imported by ``import monai`` whenever the MONAI Deploy SDK is installed) warns about an 8 MB stack
+# on every import; that limit only matters to its GPU operators, which this project does not run.
+warnings.filterwarnings("ignore", message="Current stack size", category=RuntimeWarning)

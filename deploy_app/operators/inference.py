@@ -85,9 +85,13 @@ class BundleInferenceOperator(MonaiBundleInferenceOperator):
             if code is not None:
                 use_bundle_scripts(code)
             try:
-                _ = model.predictor  # TorchScript: loaded on first access; a broken file fails here
+                predictor = model.predictor  # TorchScript: loaded on first access; a broken file fails here
             except Exception as exc:  # noqa: BLE001
                 raise InputError(f"{model.path}: cannot load the TorchScript model ({exc})") from exc
+            if predictor is None:  # the SDK did not take the file for a TorchScript model
+                raise InputError(f"{model.path}: not a TorchScript model (a TorchScript file is a zip holding "
+                                 f"code/, data.pkl and constants); pass the bundle folder, or a file made by "
+                                 f"`python -m monai.bundle ckpt_export`")
         super().compute(op_input, op_output, context)
 
     def _init_config(self, config_names):

@@ -71,6 +71,40 @@ def test_corrupt_extra_file_is_skipped_when_the_series_is_complete(tmp_path, sma
     assert any(junk.name in r.getMessage() and "skipped" in r.getMessage() for r in caplog.records)
 
 
+def _not_torchscript(path: Path, kind: str, bundle: Path) -> Path:
+    """A ``model.ts`` that is no TorchScript: random bytes, a zip of something else, or a zip with the bundle's
+    ``extra/`` configs but no network (no ``code/``, ``data.pkl``, ``constants``)."""
+    import zipfile
+
+    if kind == "random_bytes":
+        path.write_bytes(os.urandom(5000))
+        return path
+    with zipfile.ZipFile(path, "w") as archive:
+        if kind == "plain_zip":
+            archive.writestr("notes/readme.txt", "not a model")
+        else:
+            archive.writestr("model/extra/metadata.json", (bundle / "configs" / "metadata.json").read_text())
+            archive.writestr("model/extra/inference.json", '{"preprocessing": {}}')
+            archive.writestr("model/data.pkl", "garbage")
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("random_bytes", "not a MONAI bundle folder nor a TorchScript bundle file"),
+    ("plain_zip", "not a TorchScript bundle (no extra/metadata.json"),
+    ("zip_without_network", "not a TorchScript model (a TorchScript file is a zip holding code/"),
+])
+def test_command_line_model_file_that_is_not_torchscript(tmp_path, small_series, untrained_bundle, kind, message):
+    """``--model model.ts`` that is no TorchScript: one line naming the file, status 2, no traceback, no output."""
+    model = _not_torchscript(tmp_path / "model.ts", kind, untrained_bundle)
+    proc = subprocess.run([sys.executable, "-m", "deploy_app", "-i", str(tmp_path / "in"), "-o",
+                           str(tmp_path / "out"), "-m", str(model)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {model}: {message}")
+    assert_nothing_written(tmp_path / "out")
+
+
 @pytest.mark.parametrize("problem", ["missing", "no_weights", "garbage_weights", "not_a_bundle_file"])
 def test_model_path_without_a_usable_model(tmp_path, small_series, untrained_bundle, problem):
     import shutil
