@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
+from pydicom.misc import is_dicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
@@ -30,9 +31,7 @@ class SendError(RuntimeError):
 def is_dicom_file(path: Path) -> bool:
     """True for a DICOM Part 10 file (preamble + ``DICM``); the report JSON and logs are not sent."""
     try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
+        return is_dicom(path)
     except OSError:
         return False
 

@@ -21,11 +21,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 from tqdm import tqdm
 
-from spleenseg.dicom.decode import looks_like_dicom
+from spleenseg.dicom.decode import read_file
 from spleenseg.dicom.header_checks import not_a_number_reason
 from spleenseg.errors import InputError
 
@@ -207,18 +206,12 @@ def _plane_from_functional_groups(ds: pydicom.Dataset) -> tuple[Any, Any, Any]:
 
 
 def _read_dataset_header(path: str) -> pydicom.Dataset | None:
-    """Header of a DICOM file, or ``None`` when the file is not DICOM (no pixel data is read)."""
+    """Header of a DICOM file, or ``None`` when the file is not DICOM (no pixel data is read); files without
+    the preamble are read as :func:`spleenseg.dicom.decode.read_file` reads them."""
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    except InvalidDicomError:
-        pass  # maybe a DICOM file without preamble: try once more, but only accept it if it looks like one
-    except Exception:  # noqa: BLE001 - any parser failure means "not a readable DICOM file"
+        return read_file(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    except InputError:
         return None
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=_HEADER_TAGS)
-    except Exception:  # noqa: BLE001
-        return None
-    return ds if looks_like_dicom(ds) else None
 
 
 def header_from_dataset(ds: pydicom.Dataset, path: str = "") -> InstanceHeader:
