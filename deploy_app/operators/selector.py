@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from highdicom.spatial import get_normal_vector
 from monai.deploy.core import Fragment
 from monai.deploy.core.domain.dicom_series import DICOMSeries
 from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, StudySelectedSeries
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
-from spleenseg.dicom.scan import is_localizer, normal_of
+from spleenseg.dicom.scan import is_localizer
 from spleenseg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def load_rules(path: str | Path | None = None) -> dict[str, Any]:
 
 def orientation_name(iop: Any) -> str:
     """Axial, Coronal or Sagittal: the patient axis the slice normal is closest to."""
-    normal = normal_of([float(v) for v in iop])
+    normal = get_normal_vector([float(v) for v in iop])
     return ("Sagittal", "Coronal", "Axial")[int(np.argmax(np.abs(normal)))]
 
 

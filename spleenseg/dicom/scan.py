@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pydicom
+from highdicom.spatial import get_normal_vector
 from pydicom.uid import generate_uid
 from tqdm import tqdm
 
@@ -325,12 +326,6 @@ def _short_hash(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-def normal_of(orientation: Sequence[float]) -> np.ndarray:
-    """Slice normal (row cosine × column cosine), the axis along which slices are sorted."""
-    row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
-    return np.cross(row, col)
-
-
 def _split_key(h: InstanceHeader) -> tuple:
     orient = tuple(np.round(h.orientation, ORIENTATION_DECIMALS)) if h.orientation else None
     spacing = tuple(np.round(h.pixel_spacing, ORIENTATION_DECIMALS)) if h.pixel_spacing else None
@@ -341,7 +336,7 @@ def _split_key(h: InstanceHeader) -> tuple:
 def _projection(h: InstanceHeader) -> float:
     if h.orientation is None or h.position is None:
         return float(h.instance_number or 0)
-    return float(np.dot(normal_of(h.orientation), h.position))
+    return float(np.dot(get_normal_vector(h.orientation), h.position))
 
 
 def _has_repeated_positions(headers: Sequence[InstanceHeader]) -> bool:

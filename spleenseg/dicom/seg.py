@@ -18,7 +18,6 @@ import nibabel as nib
 import numpy as np
 from pydicom.sr.codedict import codes
 
-from spleenseg.coords import LPS_TO_RAS
 from spleenseg.errors import GeometryError, InputError
 
 log = logging.getLogger(__name__)
@@ -101,24 +100,28 @@ def load_label_image(path: str | os.PathLike) -> nib.Nifti1Image:
 
 
 def _nrrd_as_nifti(path: Path) -> nib.Nifti1Image:
-    """NRRD → NIfTI: the NRRD 'space directions' are columns per axis in the named space (LPS or RAS)."""
-    import nrrd
+    """NRRD → NIfTI with ``monai.data.NrrdReader`` (which turns an LPS affine into RAS), after checking what it
+    would assume silently: a 3D map whose named space is LPS or RAS (NrrdReader takes a missing or other space
+    for LPS)."""
+    from monai.data import NrrdReader
 
+    reader = NrrdReader(dtype=np.int32)
     try:
-        data, header = nrrd.read(str(path))
+        image = reader.read(str(path))
     except Exception as exc:  # noqa: BLE001 - pynrrd raises NRRDError, ValueError, EOFError... on foreign files
         raise InputError(f"{path}: not a readable NRRD label map ({exc})") from exc
+    header = image.header
     space = str(header.get("space", "")).lower()
-    if data.ndim != 3 or "space directions" not in header or "space origin" not in header:
+    if image.array.ndim != 3 or "space directions" not in header or "space origin" not in header:
         raise InputError(f"{path}: NRRD label map must be 3D with 'space directions' and 'space origin'")
-    affine = np.eye(4)
-    affine[:3, :3] = np.asarray(header["space directions"], float).T  # row i of the header = axis i
-    affine[:3, 3] = np.asarray(header["space origin"], float)
-    if space in ("left-posterior-superior", "lps"):
-        affine = LPS_TO_RAS @ affine
-    elif space not in ("right-anterior-superior", "ras"):
+    if space not in ("left-posterior-superior", "lps", "right-anterior-superior", "ras"):
         raise InputError(f"{path}: NRRD space {space!r} is not LPS or RAS; cannot place it in the patient")
-    return nib.Nifti1Image(np.asarray(data), affine)
+    if space == "lps":  # the short form, which NrrdReader does not recognise
+        header["space"] = "left-posterior-superior"
+    if space == "ras":
+        header["space"] = "right-anterior-superior"
+    data, meta = reader.get_data(image)
+    return nib.Nifti1Image(np.asarray(data), np.asarray(meta["affine"], float))
 
 
 def resample_label_to_image(label: nib.Nifti1Image, image: nib.Nifti1Image, name: str = "label",

@@ -25,6 +25,7 @@ with warnings.catch_warnings():  # nibabel warns that its DICOM readers are expe
     warnings.simplefilter("ignore", UserWarning)
     from nibabel.nicom import dicomwrappers
 from pydicom.pixels import apply_modality_lut
+from highdicom.spatial import get_normal_vector
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
@@ -36,7 +37,6 @@ from spleenseg.dicom.scan import (
     header_from_dataset,
     is_mosaic,
     list_files,
-    normal_of,
 )
 from spleenseg.dicom.header_checks import not_a_number_reason, unusable_reason
 from spleenseg.errors import GeometryError, InputError
@@ -168,7 +168,7 @@ def _sorted_stack(pairs: list[tuple[str, pydicom.Dataset]], label: str) -> _Stac
     if np.abs(spacings - spacings[0]).max() > 1e-4:
         raise GeometryError(f"series {label}: mixed pixel spacings {sorted({tuple(s) for s in spacings})}")
     positions = np.array([np.asarray(_require(ds, p, "ImagePositionPatient"), float) for p, ds in pairs])
-    normal = normal_of(orients[0])
+    normal = get_normal_vector(orients[0])  # row cosine x column cosine
     proj = positions @ normal
     order = np.argsort(proj, kind="stable")
     return _Stack(

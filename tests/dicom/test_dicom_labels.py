@@ -91,3 +91,37 @@ def test_label_elsewhere_in_space_is_an_error() -> None:
     shifted[0, 3] += 500.0  # half a metre to the side: not the same patient space
     with pytest.raises(GeometryError, match="do not cover the same space"):
         resample_label_to_image(nib.Nifti1Image(ph.label, shifted), nib.Nifti1Image(ph.image, ph.affine))
+
+
+def _write_nrrd(path: Path, space: str | None) -> None:
+    """A 6x5x4 label map, one labelled voxel at index (4, 1, 2), oblique-free but with unequal spacing."""
+    data = np.zeros((6, 5, 4), np.uint8)
+    data[4, 1, 2] = 1
+    header = {"space directions": np.diag([0.8, 0.9, 2.5]), "space origin": np.array([-10.0, 20.0, 30.0])}
+    if space is not None:
+        header["space"] = space
+    nrrd.write(str(path), data, header)
+
+
+@pytest.mark.parametrize("space, sign", [("left-posterior-superior", -1.0), ("right-anterior-superior", 1.0)])
+def test_nrrd_label_lands_where_its_header_puts_it_in_the_patient(tmp_path: Path, space: str, sign: float) -> None:
+    """A NRRD label voxel in LPS (or RAS) space: the NIfTI we make from it puts that voxel at the same point of
+    the patient, in RAS (x and y change sign for LPS, z does not)."""
+    from spleenseg.dicom.seg import load_label_image
+
+    _write_nrrd(tmp_path / "label.nrrd", space)
+    img = load_label_image(tmp_path / "label.nrrd")
+    ijk = np.argwhere(np.asarray(img.dataobj) > 0)
+    assert ijk.tolist() == [[4, 1, 2]]
+    in_space = np.array([-10.0 + 4 * 0.8, 20.0 + 1 * 0.9, 30.0 + 2 * 2.5])  # the point in the file's own space
+    expected_ras = in_space * np.array([sign, sign, 1.0])
+    np.testing.assert_allclose(nib.affines.apply_affine(img.affine, ijk[0]), expected_ras, atol=1e-6)
+
+
+@pytest.mark.parametrize("space", [None, "scanner-xyz"])
+def test_nrrd_label_without_a_patient_space_is_refused(tmp_path: Path, space: str | None) -> None:
+    from spleenseg.dicom.seg import load_label_image
+
+    _write_nrrd(tmp_path / "label.nrrd", space)
+    with pytest.raises(InputError, match=r"label\.nrrd: NRRD space .* is not LPS or RAS"):
+        load_label_image(tmp_path / "label.nrrd")
