@@ -143,12 +143,13 @@ def resample_label_to_image(label: nib.Nifti1Image, image: nib.Nifti1Image, name
         if inside.mean() < 0.99:
             raise GeometryError(f"{name}: {100 * (1 - inside.mean()):.1f}% of the labelled voxels fall outside "
                                 "the image; label and image do not cover the same space")
-    ijk = np.indices(image.shape[:3]).reshape(3, -1)
-    img_to_label = np.linalg.inv(label.affine) @ image.affine
-    coords = np.rint(img_to_label[:3, :3] @ ijk + img_to_label[:3, 3:4]).astype(np.int64)  # nearest neighbour
-    valid = np.all((coords >= 0) & (coords < np.array(data.shape[:3])[:, None]), axis=0)
-    out = np.zeros(ijk.shape[1], dtype=data.dtype)
-    out[valid] = data[tuple(coords[:, valid])]
-    out = out.reshape(image.shape[:3])
+    from nibabel.processing import resample_from_to
+
+    # "grid-constant": a sample a rounding error past the last voxel still takes that voxel ("constant" would
+    # blank the edge slices of a grid that only differs by float noise); samples beyond it are 0
+
+    source = nib.Nifti1Image(data[..., 0] if data.ndim == 4 and data.shape[3] == 1 else data, label.affine)
+    out = np.asarray(resample_from_to(source, (image.shape[:3], image.affine), order=0, mode="grid-constant",
+                                      cval=0).dataobj)
     log.info("%s: resampled (nearest neighbour) from %s into the image grid %s", name, label.shape, image.shape)
     return nib.Nifti1Image(out.astype(np.uint8), image.affine, image.header)
