@@ -24,6 +24,7 @@ from spleenseg.report.figure import plt, save_figure
 WINDOW = (-160.0, 240.0)
 REF_RGB = (0, 200, 0)  # reference: green
 PRED_RGB = (255, 60, 60)  # prediction: red
+PRED_CMAP = "spleenseg_prediction"
 
 
 @dataclass
@@ -165,11 +166,23 @@ def _with_banner(frame: Image.Image, lines: list[str]) -> Image.Image:
     return out
 
 
+def _prediction_cmap() -> str:
+    """A one-colour matplotlib colormap in :data:`PRED_RGB`, registered once, for ``blend_images``."""
+    import matplotlib
+
+    if PRED_CMAP not in matplotlib.colormaps:
+        matplotlib.colormaps.register(ListedColormap([np.array(PRED_RGB) / 255], name=PRED_CMAP))
+    return PRED_CMAP
+
+
 def _rgb_frame(image: RasVolume, reference: RasVolume | None, prediction: RasVolume, z: int) -> Image.Image:
+    from monai.visualize import blend_images
+
     grey = to_display(window(image.data[:, :, z]))
-    rgb = np.repeat((grey * 255).astype(np.float32)[..., None], 3, axis=2)
     pred = to_display(prediction.data[:, :, z] > 0)
-    rgb[pred] = 0.5 * rgb[pred] + 0.5 * np.array(PRED_RGB)
+    blended = blend_images(grey[None].astype(np.float32), pred[None].astype(np.float32), alpha=0.5,
+                           cmap=_prediction_cmap(), rescale_arrays=False)  # half image, half red where predicted
+    rgb = np.moveaxis(np.asarray(blended), 0, -1) * 255
     if reference is not None:
         ref = to_display(reference.data[:, :, z] > 0)
         edge = ref & ~(np.roll(ref, 1, 0) & np.roll(ref, -1, 0) & np.roll(ref, 1, 1) & np.roll(ref, -1, 1))

@@ -155,3 +155,15 @@ def test_visualize_picks_the_validation_cases_training_used(tiny_cohort: Path, t
     cases = _cases(msd_like, "validation", n_cases=10)
     assert [c["image"] for c in cases] == [Path(d["image"]) for d in training_split] and cases
     assert all(c["label"] is not None and c["label"].is_file() for c in cases)
+
+
+def test_gif_frames_show_the_prediction_in_red_only_where_it_is(crafted, tmp_path: Path) -> None:
+    """A slice through the prediction has red pixels (half CT grey, half the prediction colour), a slice
+    without it has none: the blend must neither drop the mask nor colour the background."""
+    from PIL import ImageSequence
+
+    ct, pred, ref = crafted
+    with Image.open(slices_gif(ct, None, pred, tmp_path / "g.gif", slices=[3, 7])) as gif:
+        frames = [np.asarray(frame.convert("RGB")).astype(int) for frame in ImageSequence.Iterator(gif)]
+    red = [int(((f[..., 0] - f[..., 1] > 60) & (f[..., 0] - f[..., 2] > 60)).sum()) for f in frames]
+    assert red[0] > 0 and red[1] == 0, red
