@@ -115,7 +115,8 @@ def test_visualize_cli_writes_panels_gif_and_curves(trained_run: TrainRun, tmp_p
     pred = nib.load(next((out / "predictions").glob(f"*{name}_seg.nii.gz"))).get_fdata()
     ref = nib.load(trained_run.dataset_dir / "labelsTs" / f"{name}.nii.gz").get_fdata()
     with Image.open(panels[0]) as png:
-        assert png.text["Title"] == f"{name} | model {model_label(trained_run.model, BUNDLE_DIR)} | Dice {dice(pred, ref):.3f}"
+        model = model_label(trained_run.model, BUNDLE_DIR)
+        assert png.text["Title"] == f"{name} | model {model} | Dice {dice(pred, ref):.3f}"
 
 
 def test_visualize_gif_false_and_a_misspelt_option(trained_run: TrainRun, tmp_path: Path) -> None:
