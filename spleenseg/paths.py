@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
+
+from spleenseg.errors import InputError
 
 REPO_ROOT: Path = Path(__file__).resolve().parent.parent
 BUNDLE_DIR: Path = REPO_ROOT / "bundle"
@@ -32,3 +39,27 @@ def refuse_output_in_input(in_dir: str | Path, out_dir: str | Path) -> None:
     src, out = Path(in_dir).resolve(), Path(out_dir).resolve()
     if out == src or src in out.parents:
         raise InputError(f"{out_dir}: output folder must not be inside the input folder {in_dir}")
+
+
+def bundle_module(bundle: str | Path, module: str) -> ModuleType:
+    """``<bundle>/scripts/<module>.py`` imported as a module of that bundle's own ``scripts`` package.
+
+    Why a package of its own, named after the folder: the bundle's modules import each other relatively
+    (``from .errors import InputError``), ``scripts`` also names the repository's command folder, and two
+    bundles (a copy, an older release) must not share modules.
+    """
+    root = (Path(bundle) / "scripts").resolve()
+    if not (root / "__init__.py").is_file():
+        raise InputError(f"{bundle}: not a bundle folder (no scripts/__init__.py)")
+    name = "spleen_bundle_" + hashlib.sha1(str(root).encode()).hexdigest()[:12]
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, root / "__init__.py",
+                                                      submodule_search_locations=[str(root)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[name] = package
+        try:
+            spec.loader.exec_module(package)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return importlib.import_module(f"{name}.{module}")

@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from spleenseg.errors import InputError
+from .errors import InputError
 
 SPLITS = ("training", "validation", "test")
 

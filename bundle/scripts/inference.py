@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from spleenseg.errors import InputError
+from .errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 

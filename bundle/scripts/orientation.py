@@ -2,7 +2,7 @@
 
 A thin MONAI transform over :func:`spleenseg.orientation.check_spleen_left` (the project's one implementation),
 so a mirrored header in evaluation data (as in MSD spleen_8) or a mirrored prediction is named in the log instead
-of silently lowering the scores.
+of silently lowering the scores. Without the spleenseg library the check is skipped with one warning.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any, Hashable, Mapping, Sequence
 import nibabel as nib
 import numpy as np
 from monai.transforms import MapTransform
+
+from .optional import library_function
 
 
 class SpleenSideCheckd(MapTransform):
@@ -32,8 +34,11 @@ class SpleenSideCheckd(MapTransform):
         return nib.Nifti1Image(array[0] if array.ndim == 4 else array, np.asarray(item.affine, dtype=float))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from spleenseg.orientation import check_spleen_left
-
+        check_spleen_left = library_function(
+            "spleenseg.orientation", "check_spleen_left",
+            "spleen left/right check of the masks skipped", "the metrics are computed as usual")
+        if check_spleen_left is None:
+            return dict(data)
         d = dict(data)
         image = self._nifti(d[self.image_key]) if self.image_key in d else None
         source = str(getattr(d.get(self.image_key), "meta", {}).get("filename_or_obj", "case"))

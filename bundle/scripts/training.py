@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from spleenseg.errors import InputError
-
+from .errors import InputError
 from .files import write_text_atomic
+from .optional import library_function
 
 logger = logging.getLogger(__name__)
 _EPOCH_RE = re.compile(r"epoch=(\d+)\.pt$")
@@ -229,8 +229,11 @@ class EpochMetricsWriter:
         write_text_atomic(self.output_dir / "metrics.csv", "".join(lines))
 
     def _plot(self) -> None:
-        from spleenseg.report.curves import plot_learning_curves
-
+        plot_learning_curves = library_function(
+            "spleenseg.report.curves", "plot_learning_curves",
+            "learning-curve PNG skipped", "metrics.json and metrics.csv are written")
+        if plot_learning_curves is None:
+            return
         try:
             plot_learning_curves(self.rows or [], self.output_dir / self.curves_png, key_metric=self.key_metric)
         except Exception:  # a plotting problem must never kill a long training run

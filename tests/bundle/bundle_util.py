@@ -7,8 +7,6 @@ is good enough to find the phantom spleen (evaluation, inference geometry, left/
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,7 +17,7 @@ from types import ModuleType
 
 import pytest
 
-from spleenseg.paths import BUNDLE_DIR, REPO_ROOT
+from spleenseg.paths import BUNDLE_DIR, REPO_ROOT, bundle_module
 
 CONFIGS = BUNDLE_DIR / "configs"
 #: Overrides that make every bundle command tiny: coarse grid, small patches, no worker processes.
@@ -28,19 +26,9 @@ TRAIN_TINY = TINY + ["--num_samples", "2", "--batch_size", "2", "--cache_rate", 
 
 
 def bundle_scripts(module: str) -> ModuleType:
-    """A module of the bundle's ``scripts`` package, imported as ``bundle_scripts.<module>``.
-
-    The package is registered under its own name because ``scripts`` also names the repository's top-level
-    command folder; its modules' relative imports then resolve inside the bundle.
-    """
-    if "bundle_scripts" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "bundle_scripts", BUNDLE_DIR / "scripts" / "__init__.py",
-            submodule_search_locations=[str(BUNDLE_DIR / "scripts")])
-        package = importlib.util.module_from_spec(spec)
-        sys.modules["bundle_scripts"] = package
-        spec.loader.exec_module(package)
-    return importlib.import_module(f"bundle_scripts.{module}")
+    """A module of the repository bundle's ``scripts`` package, imported as a package of its own (its modules
+    import each other relatively; ``scripts`` also names the repository's top-level command folder)."""
+    return bundle_module(BUNDLE_DIR, module)
 
 
 def config_arg(*names: str) -> str:

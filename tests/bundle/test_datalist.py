@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from spleenseg.errors import InputError
-from spleenseg.paths import BUNDLE_DIR
+from bundle_util import bundle_scripts
 
-# loaded by path: the name ``scripts`` is ambiguous in this repository (bundle/scripts vs scripts/)
-_spec = importlib.util.spec_from_file_location("bundle_datalist", BUNDLE_DIR / "scripts" / "datalist.py")
-_datalist = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_datalist)
-load_datalist = _datalist.load_datalist
+# the bundle's own error class: the bundle never imports the spleenseg library
+InputError = bundle_scripts("errors").InputError
+load_datalist = bundle_scripts("datalist").load_datalist
 
 
 def _dataset(tmp_path: Path, n: int, with_validation: bool) -> Path:

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from bundle_util import TINY, TrainRun
+from spleenseg.errors import InputError
 from spleenseg.measure import dice
-from spleenseg.paths import REPO_ROOT
+from spleenseg.paths import BUNDLE_DIR, REPO_ROOT
 from spleenseg.report.curves import best_epoch, plot_learning_curves, read_metrics
 from spleenseg.report.overlay import (RasVolume, case_title, load_ras, panel_figure, slice_panel, slices_gif,
                                       to_display, voxel_ml)
@@ -114,7 +115,8 @@ def test_visualize_cli_writes_panels_gif_and_curves(trained_run: TrainRun, tmp_p
     pred = nib.load(next((out / "predictions").glob(f"*{name}_seg.nii.gz"))).get_fdata()
     ref = nib.load(trained_run.dataset_dir / "labelsTs" / f"{name}.nii.gz").get_fdata()
     with Image.open(panels[0]) as png:
-        assert png.text["Title"] == f"{name} | model {model_label(trained_run.model)} | Dice {dice(pred, ref):.3f}"
+        model = model_label(trained_run.model, BUNDLE_DIR)
+        assert png.text["Title"] == f"{name} | model {model} | Dice {dice(pred, ref):.3f}"
 
 
 def test_visualize_gif_false_and_a_misspelt_option(trained_run: TrainRun, tmp_path: Path) -> None:
@@ -151,8 +153,8 @@ def test_visualize_picks_the_validation_cases_training_used(tiny_cohort: Path, t
     meta = json.loads((msd_like / "dataset.json").read_text())
     meta["training"] += meta.pop("validation")
     (msd_like / "dataset.json").write_text(json.dumps(meta))
-    training_split = _bundle_datalist().load_datalist(msd_like, "validation", 0.2, 0)  # train.json's defaults
-    cases = _cases(msd_like, "validation", n_cases=10)
+    training_split = _bundle_datalist(BUNDLE_DIR).load_datalist(msd_like, "validation", 0.2, 0)  # train.json's defaults
+    cases = _cases(BUNDLE_DIR, msd_like, "validation", n_cases=10)
     assert [c["image"] for c in cases] == [Path(d["image"]) for d in training_split] and cases
     assert all(c["label"] is not None and c["label"].is_file() for c in cases)
 
@@ -167,3 +169,34 @@ def test_gif_frames_show_the_prediction_in_red_only_where_it_is(crafted, tmp_pat
         frames = [np.asarray(frame.convert("RGB")).astype(int) for frame in ImageSequence.Iterator(gif)]
     red = [int(((f[..., 0] - f[..., 1] > 60) & (f[..., 0] - f[..., 2] > 60)).sum()) for f in frames]
     assert red[0] > 0 and red[1] == 0, red
+
+
+def test_visualize_uses_the_given_bundle(tiny_cohort: Path, tmp_path: Path) -> None:
+    """Another bundle folder (a copy with its own version and split settings) is the one whose scripts pick the
+    cases and whose version the title names; the repository's bundle is only the command line's default."""
+    from spleenseg.report.visualize import _bundle_datalist, _cases
+
+    other = tmp_path / "other_bundle"
+    shutil.copytree(BUNDLE_DIR / "configs", other / "configs")
+    shutil.copytree(BUNDLE_DIR / "scripts", other / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    for name, changes in (("metadata", {"version": "9.9.9"}), ("train", {"val_fraction": 0.5, "seed": 7})):
+        path = other / "configs" / f"{name}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"")
+    version = json.loads((BUNDLE_DIR / "configs" / "metadata.json").read_text())["version"]
+    assert model_label(ckpt, other).endswith("model.pt (bundle 9.9.9)")
+    assert model_label(ckpt, BUNDLE_DIR).endswith(f"model.pt (bundle {version})")
+
+    msd_like = tmp_path / "Task09"
+    shutil.copytree(tiny_cohort, msd_like)
+    meta = json.loads((msd_like / "dataset.json").read_text())
+    meta["training"] += meta.pop("validation")
+    (msd_like / "dataset.json").write_text(json.dumps(meta))
+    copy_datalist = _bundle_datalist(other)
+    assert Path(copy_datalist.__file__).parent == (other / "scripts").resolve()
+    expected = [Path(d["image"]) for d in copy_datalist.load_datalist(msd_like, "validation", 0.5, 7)]
+    assert [c["image"] for c in _cases(other, msd_like, "validation", n_cases=100)] == expected
+    assert len(expected) != len(_cases(BUNDLE_DIR, msd_like, "validation", n_cases=100))
+    with pytest.raises(InputError, match="dataset folder does not exist"):  # the bundle's error, re-raised as ours
+        _cases(other, tmp_path / "nowhere", "validation", n_cases=1)
