@@ -1,7 +1,7 @@
 """Real labelled CT from ``../shared/data/real_ct`` plus phantoms made to look like it, as MSD-style datasets.
 
-Why: a model trained on phantoms alone scored Dice 0.001 on real CT (issue 7). The only real labelled data
-reachable here are three sources with three different problems, each fixed here once and tested:
+Why: a model trained on phantoms alone scored Dice 0.001 on real CT (``ts_abdomen_crop``, below). The only real
+labelled data reachable here are three sources with three different problems, each fixed here once and tested:
 
 - ``msd_spleen_8`` (MSD Task09 spleen_8, portal-venous, 0.79x0.79x7.5 mm): its header mirrors left/right.
   :func:`spleenseg.dataset.build_dataset` with ``flip_lr=True`` mirrors image and label header together
@@ -17,7 +17,7 @@ reachable here are three sources with three different problems, each fixed here 
   NIfTI voxel), not by array-index assumptions.
 
 Split (documented, fixed, not random): ``ts_abdomen_crop`` is held out for testing (``imagesTs``/``labelsTs``,
-``test`` + ``test_labels`` in ``dataset.json``): it is the case issue 7 measured the phantom-only model on,
+``test`` + ``test_labels`` in ``dataset.json``): it is the case the phantom-only model was measured on,
 a third scanner and phase not otherwise seen as a 3-D volume, and it comes from the TotalSegmentator example
 whose DICOM series the demo segments, so training on it would flatter the demo. ``dtu_slab_b`` validates
 (chooses the best checkpoint on real native CT); ``msd_spleen_8`` and ``dtu_slab_a`` train.
