@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - the main job on the embedded default (make demo TRAIN=1 also trains on phantoms)
-#   make test   - the test suite
+#   make test   - the test suite (ruff, then every test)
 # Both create .venv/ on first use (make setup is idempotent).
 PYTHON  ?= python3
 VENV    := .venv
@@ -8,7 +8,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 DEMO_DIR ?= demo_output
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test lint clean
 
 JS_DIR   := tests/js
 JS_STAMP := $(JS_DIR)/node_modules/.installed
@@ -34,7 +34,11 @@ $(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
 demo: setup
 	$(PY) -m spleenseg.demo --out $(DEMO_DIR) $(if $(TRAIN),--train)
 
-test: setup
+# ruff's config (rules, excludes such as tests/js/node_modules) is pyproject.toml [tool.ruff]
+lint: setup
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest tests
 
 clean:

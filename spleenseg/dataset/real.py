@@ -261,9 +261,10 @@ def realistic_phantom_specs(n: int, seed: int = 0, size: tuple[int, int] = (128,
     Varied through spec fields only: phase (half native like the TotalSegmentator/DTU CT, half portal like
     MSD), enhancement strength 0.6-1.8 (portal spleens of about 90-180 HU, as real scans reach), spleen HU
     shift +/-15, liver HU shift -45..+20 (fatty to dense livers), enlarged spleens in a fifth of the cases
-    (specs drawn up to 1,500 mL; the abdominal cavity clips the painted spleen, to about 600 mL at most), noise 5-30 HU, blur 0.5-1.6 mm (soft to sharp kernels), slice spacing 1.5-7.5 mm (spleen_8 has
-    7.5) with thickness up to 2x, a cropped in-plane field of view in a quarter of the cases and a partial z
-    coverage (the spleen cut by the scan range, as in the crops) in another quarter.
+    (specs drawn up to 1,500 mL; the abdominal cavity clips the painted spleen, to about 600 mL at most), noise
+    5-30 HU, blur 0.5-1.6 mm (soft to sharp kernels), slice spacing 1.5-7.5 mm (spleen_8 has 7.5) with thickness
+    up to 2x, a cropped in-plane field of view in a quarter of the cases and a partial z coverage (the spleen cut
+    by the scan range, as in the crops) in another quarter.
     """
     from spleenseg.phantom import random_spec
 
