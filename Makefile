@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - the main job on the embedded default (make demo TRAIN=1 also trains on phantoms)
-#   make test   - the test suite
+#   make test   - the test suite (ruff, then every test)
+#   make test-fast - the fast layer: no training, Orthanc, Holoscan run or torchrun (markers: pyproject.toml)
 # Both create .venv/ on first use (make setup is idempotent).
 PYTHON  ?= python3
 VENV    := .venv
@@ -8,7 +9,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 DEMO_DIR ?= demo_output
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-fast lint clean
 
 JS_DIR   := tests/js
 JS_STAMP := $(JS_DIR)/node_modules/.installed
@@ -34,8 +35,17 @@ $(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
 demo: setup
 	$(PY) -m spleenseg.demo --out $(DEMO_DIR) $(if $(TRAIN),--train)
 
-test: setup
+# ruff's config (rules, excludes such as tests/js/node_modules) is pyproject.toml [tool.ruff]
+lint: setup
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest tests
+
+# Markers are set by tests/conftest.py from each test's fixtures, folder and body.
+FAST_MARKERS := not slow and not orthanc and not holoscan and not torchrun
+test-fast: setup
+	$(PY) -m pytest -m "$(FAST_MARKERS)" tests
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

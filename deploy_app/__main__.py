@@ -65,7 +65,10 @@ class _DropMessages(logging.Filter):
 
 
 def quiet_known_noise() -> None:
-    """Hide messages that are expected on a CPU machine and say nothing about the input (see deploy.md)."""
+    """Hide messages that are expected on a CPU machine and say nothing about the input.
+
+    README.md, "Deployment: DICOM CT in, DICOM SEG out" (the **CPU.** paragraph) lists them.
+    """
     logging.getLogger("highdicom").setLevel(logging.WARNING)
     for name in ("monai.deploy.core.models.named_model", "monai.deploy.operators.decoder_nvimgcodec",
                  "monai.deploy.operators.dicom_data_loader_operator", "monai.data.nvimgcodec_pydicom_plugin"):

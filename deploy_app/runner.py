@@ -2,8 +2,8 @@
 
 The operators write into a hidden temporary folder inside ``output_dir`` when it exists (else beside it: always
 on the same file system); only when the whole run succeeded (``spleen_report.json`` present, with a SEG for each
-series where a spleen was found) are the files moved into ``output_dir``. On any error the temporary folder is removed, so ``output_dir`` never holds
-half-written results, and the input folder is never written to.
+series where a spleen was found) are the files moved into ``output_dir``. On any error the temporary folder is
+removed, so ``output_dir`` never holds half-written results, and the input folder is never written to.
 """
 
 from __future__ import annotations

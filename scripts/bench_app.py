@@ -51,7 +51,8 @@ STOCK_APP = textwrap.dedent('''
     from monai.deploy.operators.monai_bundle_inference_operator import (
         BundleConfigNames, IOMapping, MonaiBundleInferenceOperator)
     inp, out, model = (Path(a) for a in sys.argv[1:4])
-    RULES = '{"selections": [{"name": "CT Series", "conditions": {"StudyDescription": "(.*?)", "Modality": "(?i)CT", "SeriesDescription": "(.*?)"}}]}'
+    RULES = ('{"selections": [{"name": "CT Series", "conditions": {"StudyDescription": "(.*?)", '
+             '"Modality": "(?i)CT", "SeriesDescription": "(.*?)"}}]}')
     class StockApp(Application):
         def compose(self):
             ctx = AppContext({"input": str(inp), "output": str(out), "model": str(model)})

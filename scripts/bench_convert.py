@@ -3,7 +3,7 @@
 
 Each tool runs in its own fresh process on the same folder of series; we record wall time and the peak resident
 memory of the whole process tree (sampled with psutil every 20 ms), then print a side-by-side table with ratios
-against spleenseg. Goals from issue 3: faster than dicom2nifti, within 2x of dcm2niix (a C program).
+against spleenseg. The targets: faster than dicom2nifti, within 2x of dcm2niix (a C program).
 
     python scripts/bench_convert.py --out /tmp/bench                      # 10 series of 512x512x100
     python scripts/bench_convert.py --out /tmp/bench --size 256 --slices 60 --n-series 10   # quicker

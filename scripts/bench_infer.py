@@ -29,14 +29,16 @@ from spleenseg.errors import InputError
 from spleenseg.measure import run_measured
 from spleenseg.paths import BUNDLE_DIR, REPO_ROOT
 
-# the model-zoo settings that differ from this bundle's (its ROI, 96^3, is the same; a --roi_size override applies to both)
+# the model-zoo settings that differ from this bundle's (its ROI, 96^3, is the same; a --roi_size override
+# applies to both)
 STOCK = {"overlap": 0.5, "sw_batch_size": 4, "sw_mode": "constant", "largest_cc": False}
 
 
 def _override_args(overrides: dict[str, Any]) -> list[str]:
     args = []
     for key, value in overrides.items():
-        text = str(value).lower() if isinstance(value, bool) else str(list(value) if isinstance(value, tuple) else value)
+        plain = list(value) if isinstance(value, tuple) else value
+        text = str(value).lower() if isinstance(value, bool) else str(plain)
         args += [f"--{key}", text.replace(" ", "")]
     return args
 

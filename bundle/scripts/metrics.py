@@ -12,7 +12,6 @@ import csv
 import io
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 

@@ -317,7 +317,8 @@ def qa_flags(comps: Components, main: int | None, volume_ml: float, mean_prob: f
     }
     text = {
         "no_spleen": f"no spleen found: no voxel has a spleen probability above {threshold:g}",
-        "implausible_volume": (f"implausible spleen volume {volume_ml:.0f} mL (plausible {th.min_ml:g}-{th.max_ml:g} mL)"
+        "implausible_volume": (f"implausible spleen volume {volume_ml:.0f} mL "
+                               f"(plausible {th.min_ml:g}-{th.max_ml:g} mL)"
                                + ("; the field of view cuts the mask, so it is a lower bound" if faces else "")),
         "several_candidates": (f"{large.size} separate candidates of {th.large_ml:g} mL or more "
                                f"({'; '.join(_describe(comps, r, margin) for r in large[:4])}): the kept one may "

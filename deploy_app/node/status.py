@@ -34,8 +34,9 @@ def build_status(inbox: Inbox, node_info: dict[str, Any], destination: dict[str,
         "queue_length": len(receiving) + counts["queued"] + counts["running"] + counts["outbox"],
         "receiving": receiving,
         "held": held,
-        "counts": {"receiving": len(receiving), "held": len(held), "queued": counts["queued"], "running": counts["running"],
-                   "sending": counts["outbox"], "failed": counts["failed"], "done": counts["done"]},
+        "counts": {"receiving": len(receiving), "held": len(held), "queued": counts["queued"],
+                   "running": counts["running"], "sending": counts["outbox"], "failed": counts["failed"],
+                   "done": counts["done"]},
         "last_results": [_summary(job) for job in inbox.recent_jobs(20)],
     }
 

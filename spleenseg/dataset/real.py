@@ -1,7 +1,7 @@
 """Real labelled CT from ``../shared/data/real_ct`` plus phantoms made to look like it, as MSD-style datasets.
 
-Why: a model trained on phantoms alone scored Dice 0.001 on real CT (issue 7). The only real labelled data
-reachable here are three sources with three different problems, each fixed here once and tested:
+Why: a model trained on phantoms alone scored Dice 0.001 on real CT (``ts_abdomen_crop``, below). The only real
+labelled data reachable here are three sources with three different problems, each fixed here once and tested:
 
 - ``msd_spleen_8`` (MSD Task09 spleen_8, portal-venous, 0.79x0.79x7.5 mm): its header mirrors left/right.
   :func:`spleenseg.dataset.build_dataset` with ``flip_lr=True`` mirrors image and label header together
@@ -17,7 +17,7 @@ reachable here are three sources with three different problems, each fixed here 
   NIfTI voxel), not by array-index assumptions.
 
 Split (documented, fixed, not random): ``ts_abdomen_crop`` is held out for testing (``imagesTs``/``labelsTs``,
-``test`` + ``test_labels`` in ``dataset.json``): it is the case issue 7 measured the phantom-only model on,
+``test`` + ``test_labels`` in ``dataset.json``): it is the case the phantom-only model was measured on,
 a third scanner and phase not otherwise seen as a 3-D volume, and it comes from the TotalSegmentator example
 whose DICOM series the demo segments, so training on it would flatter the demo. ``dtu_slab_b`` validates
 (chooses the best checkpoint on real native CT); ``msd_spleen_8`` and ``dtu_slab_a`` train.
@@ -261,9 +261,10 @@ def realistic_phantom_specs(n: int, seed: int = 0, size: tuple[int, int] = (128,
     Varied through spec fields only: phase (half native like the TotalSegmentator/DTU CT, half portal like
     MSD), enhancement strength 0.6-1.8 (portal spleens of about 90-180 HU, as real scans reach), spleen HU
     shift +/-15, liver HU shift -45..+20 (fatty to dense livers), enlarged spleens in a fifth of the cases
-    (specs drawn up to 1,500 mL; the abdominal cavity clips the painted spleen, to about 600 mL at most), noise 5-30 HU, blur 0.5-1.6 mm (soft to sharp kernels), slice spacing 1.5-7.5 mm (spleen_8 has
-    7.5) with thickness up to 2x, a cropped in-plane field of view in a quarter of the cases and a partial z
-    coverage (the spleen cut by the scan range, as in the crops) in another quarter.
+    (specs drawn up to 1,500 mL; the abdominal cavity clips the painted spleen, to about 600 mL at most), noise
+    5-30 HU, blur 0.5-1.6 mm (soft to sharp kernels), slice spacing 1.5-7.5 mm (spleen_8 has 7.5) with thickness
+    up to 2x, a cropped in-plane field of view in a quarter of the cases and a partial z coverage (the spleen cut
+    by the scan range, as in the crops) in another quarter.
     """
     from spleenseg.phantom import random_spec
 

@@ -196,7 +196,8 @@ def safe_uid(uid: str) -> str:
     NUL or hundreds of characters)."""
     if re.fullmatch(r"[0-9.]{1,64}", uid) and ".." not in uid:
         return uid
-    return f"{re.sub(r'[^A-Za-z0-9]+', '_', uid)[:40].strip('_')}_{hashlib.sha1(uid.encode('utf-8', 'replace')).hexdigest()[:12]}"
+    digest = hashlib.sha1(uid.encode("utf-8", "replace")).hexdigest()[:12]
+    return f"{re.sub(r'[^A-Za-z0-9]+', '_', uid)[:40].strip('_')}_{digest}"
 
 
 # --------------------------------------------------------------------------------------------- to_nifti

@@ -1,7 +1,7 @@
 """Scan a folder of DICOM files (headers only) and group the instances into series.
 
 Why this exists: folders from a PACS export mix patients, studies, series, scouts and junk. Grouping by file
-name or by fixed-size chunks (the seed's approach) silently mixes series. Here every instance is keyed by
+name or by fixed-size chunks of files silently mixes series. Here every instance is keyed by
 Patient / Study / Series Instance UID and then split where one series UID holds several orientations, image
 sizes or (when positions repeat) acquisitions, so that each :class:`SeriesGroup` is one candidate volume.
 """

@@ -30,7 +30,8 @@ from spleenseg.phantom.nifti import write_nifti
 from spleenseg.phantom.spec import PHASES, PhantomSpec, random_spec
 
 __all__ = [
-    "FORMATS", "ORGAN_LABELS", "ORIENTATIONS", "PHASES", "TISSUES", "Phantom", "PhantomSpec", "StudyIds", "cohort_specs",
+    "FORMATS", "ORGAN_LABELS", "ORIENTATIONS", "PHASES", "TISSUES", "Phantom", "PhantomSpec", "StudyIds",
+    "cohort_specs",
     "grid_affine_lps", "grid_affine_ras", "label_on_frame", "make_cohort", "make_phantom", "phantom_uid",
     "random_spec", "stack_geometry", "write_dicom_series", "write_dicom_study", "write_nifti",
     "write_non_ct_series", "write_scout", "write_seg",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -80,7 +79,8 @@ def _case(affine: np.ndarray, spleen_blobs: list[tuple], liver: tuple | None = N
     for c in range(channels):
         p[c][label == c] = prob
     meta = {"affine": torch.as_tensor(affine)}
-    return {"pred": MetaTensor(torch.from_numpy(p), **meta), "image": MetaTensor(torch.from_numpy(body[None]), **meta)}, masks
+    data = {"pred": MetaTensor(torch.from_numpy(p), **meta), "image": MetaTensor(torch.from_numpy(body[None]), **meta)}
+    return data, masks
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +238,8 @@ def test_real_case_mirrored_header_follows_the_liver(module, ts_case, spleen):
     else:  # the only candidate lies in the liver: the model is unsure, whatever the header says
         assert original["flags"]["anatomy_unsure"] and original["flags"]["candidate_right"]
         assert flipped["flags"]["anatomy_unsure"] and not flipped["flags"]["candidate_right"]
-        assert original["verdict"].startswith("check: the spleen candidate lies on the same side as the predicted liver")
+        assert original["verdict"].startswith(
+            "check: the spleen candidate lies on the same side as the predicted liver")
 
 
 FLAG_CASES = {

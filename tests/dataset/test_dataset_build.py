@@ -33,7 +33,7 @@ def _pairs(root: Path, n: int, shape=(24, 20, 10)) -> tuple[Path, Path]:
 def test_split_is_seeded_disjoint_and_complete() -> None:
     cases = [f"c{i}" for i in range(41)]
     train, val = split_cases(cases, 0.2, seed=3)
-    assert (len(train), len(val)) == (33, 8)  # 80/20 like the seed's 32/9
+    assert (len(train), len(val)) == (33, 8)  # 80/20 (41 cases round to 33/8)
     assert set(train) | set(val) == set(cases) and not set(train) & set(val)
     assert split_cases(cases, 0.2, seed=3) == (train, val)
     assert split_cases(cases, 0.2, seed=4) != (train, val)

@@ -64,12 +64,14 @@ def test_spleen_15_is_added_and_its_mirrored_copy_rejected(tmp_path: Path, share
     meta = json.loads((dataset / "dataset.json").read_text())
     training = [e["label"] for e in meta["training"]]
     assert "./labelsTr/pseudo_msd_spleen_15.nii.gz" in training
-    assert not any("mirrored" in t for t in training) and not (dataset / "labelsTr" / "pseudo_mirrored_ts.nii.gz").exists()
+    assert not any("mirrored" in t for t in training)
+    assert not (dataset / "labelsTr" / "pseudo_mirrored_ts.nii.gz").exists()
     assert meta["pseudo_labels"]["held_out"] == ["ts_abdomen_crop"]
     # the added label lies on its image's grid, and the input is untouched
     label = dataset / "labelsTr" / "pseudo_msd_spleen_15.nii.gz"
     image = dataset / "imagesTr" / "pseudo_msd_spleen_15.nii.gz"
-    assert np.allclose(nib.load(str(label)).affine, nib.load(str(real_ct / "msd_spleen15_crop_unlabeled.nii.gz")).affine)
+    source = real_ct / "msd_spleen15_crop_unlabeled.nii.gz"
+    assert np.allclose(nib.load(str(label)).affine, nib.load(str(source)).affine)
     assert nib.load(str(label)).shape == nib.load(str(image)).shape
     assert (real_ct / "msd_spleen15_crop_unlabeled.nii.gz").read_bytes() == before
     assert not list(dataset.glob(".pseudo-*")), "the temporary inference folder must be removed"

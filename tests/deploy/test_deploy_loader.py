@@ -40,7 +40,7 @@ def _without_preamble(paths: list[Path], folder: Path) -> list[Path]:
         out.append(folder / path.name)
     assert out[0].read_bytes()[128:132] != b"DICM"
     with pytest.raises(pydicom.errors.InvalidDicomError):
-        pydicom.dcmread(out[0])  # what the loader used to call, and skip the file on
+        pydicom.dcmread(out[0])  # a plain dcmread refuses it: the loader must not skip such a file
     return out
 
 
@@ -117,7 +117,7 @@ def test_slice_order_comes_from_the_volume_loader(small_series):
 
 def test_tiny_in_plane_drift_accepted_by_both_loaders(small_series):
     """Positions jitter 0.05 mm in-plane (float noise of some exports): the volume loader accepts the series,
-    so the app must too (it used to refuse it with its own 0.01-voxel check)."""
+    so the app must too (a stricter 0.01-voxel check of its own would refuse it)."""
     datasets = [pydicom.dcmread(p) for p in small_series]
     for i, ds in enumerate(datasets[1:-1], 1):
         position = [float(v) for v in ds.ImagePositionPatient]

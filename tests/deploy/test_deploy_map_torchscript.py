@@ -86,15 +86,17 @@ def test_env_vars_and_torchscript_bundle_give_the_folder_bundle_result(tmp_path,
 
 
 @pytest.fixture(scope="session")
-def map_python(request) -> Path:
+def map_python(request, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Python of a virtual environment with only the app's requirements (no pytest, ignite, fire, matplotlib...).
 
     Built once per machine (about 40 s with a warm pip cache) and kept in pytest's cache, keyed by the
-    requirements file and the Python version.
+    requirements file and the Python version; with the cache plugin off (``-p no:cacheprovider``) it is built
+    in a session temp folder instead.
     """
     requirements = REPO_ROOT / "deploy_app" / "requirements.txt"
     key = hashlib.sha1(requirements.read_bytes() + sys.version.encode()).hexdigest()[:12]
-    venv = request.config.cache.mkdir("map_venv") / key
+    cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
+    venv = (cache.mkdir("map_venv") if cache is not None else tmp_path_factory.mktemp("map_venv")) / key
     python = venv / "bin" / "python"
     if not (venv / ".complete").is_file():
         shutil.rmtree(venv, ignore_errors=True)

@@ -7,7 +7,6 @@ import logging
 import warnings
 
 import numpy as np
-import pytest
 
 from deploy_app.operators.report import spleen_side_entry
 from spleenseg.orientation import OrientationWarning

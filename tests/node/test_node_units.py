@@ -402,8 +402,8 @@ def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_a_study_that_cannot_be_queued_waits_in_incoming_with_growing_delays(
         tmp_path: Path, full_disk, caplog: pytest.LogCaptureFixture) -> None:
     """job.json cannot be written (disk full): the study stays in incoming/ with all its instances, one ERROR per
-    attempt with a doubling delay, and it is queued once there is room again. (It used to be moved to queued/
-    without its record, reported as "disappeared", and then parked and retried on every tick.)"""
+    attempt with a doubling delay, and it is queued once there is room again. (Moving it to queued/ without its
+    record would report it as "disappeared", then park it and retry it on every tick.)"""
     ct = write_ct_study(tmp_path / "ct")
     node = _node(tmp_path, disk_retry_seconds=0.2, disk_retry_max_seconds=0.4)
     for path in ct["files"]:

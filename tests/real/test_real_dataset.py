@@ -145,7 +145,8 @@ def test_totalsegmentator_organs_keep_their_anatomy(real_ds: Path) -> None:
     sides (one class), stomach left of the liver; a swapped recoding table moves these centroids."""
     img = nib.load(real_ds / "imagesTs" / "ts_abdomen_crop.nii.gz")
     lab = np.asarray(nib.load(real_ds / "labelsTs" / "ts_abdomen_crop.nii.gz").dataobj)
-    x = {v: float((img.affine[:3, :3] @ np.argwhere(lab == v).mean(axis=0) + img.affine[:3, 3])[0]) for v in (1, 2, 3, 4)}
+    x = {v: float((img.affine[:3, :3] @ np.argwhere(lab == v).mean(axis=0) + img.affine[:3, 3])[0])
+         for v in (1, 2, 3, 4)}
     assert x[2] - x[1] > 80.0  # RAS +x is the patient's right: liver right, spleen left
     kidney_x = img.affine[0, 0] * np.argwhere(lab == 3)[:, 0] + img.affine[0, 3]
     assert kidney_x.min() < x[1] + 60.0 and kidney_x.max() > x[2] - 60.0  # both kidneys, one label
