@@ -119,7 +119,8 @@ def print_report(inference: list[Rate], conversion: list[Rate], target: int, hou
     print(f"\n| conversion | series | wall s | series / hour | vs {conversion[0].name} |")
     print("|---|---:|---:|---:|---:|")
     for r in conversion:
-        print(f"| {r.name} | {r.items} | {r.wall_s:.1f} | {r.per_hour:.0f} | {r.per_hour / conversion[0].per_hour:.2f} |")
+        ratio = r.per_hour / conversion[0].per_hour
+        print(f"| {r.name} | {r.items} | {r.wall_s:.1f} | {r.per_hour:.0f} | {ratio:.2f} |")
     cores = os.cpu_count() or 1
     print(f"\nCapacity plan for {target:,} series in {hours:g} h ({target / hours:,.0f} per hour), "
           f"machines like this one ({cores} cores):")
