@@ -11,9 +11,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from spleenseg.paths import REPO_ROOT
 
-PREPARE = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_data.py")]
+PREPARE = [sys.executable, "-m", "spleenseg.commands.prepare_data"]
 
 
 def _prepare(*args: str) -> subprocess.CompletedProcess:
