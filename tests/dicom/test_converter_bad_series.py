@@ -1,4 +1,4 @@
-"""``prepare_data.py to_nifti`` on a folder where one series is damaged: the good series is converted, every
+"""``spleenseg-prepare to_nifti`` on a folder where one series is damaged: the good series is converted, every
 failure is listed at the end in one line each (no traceback), exit code 2, and the input is unchanged."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Damaged pixels, headers, outputs, manifests and label files given to ``prepare_data.py to_nifti``, ``group``,
+"""Damaged pixels, headers, outputs, manifests and label files given to ``spleenseg-prepare to_nifti``, ``group``,
 ``dataset`` and ``labels``: one clear line naming the file and the problem, exit code 2, no traceback, nothing
 half-written, the input unchanged; in ``to_nifti`` one bad series never stops the good ones, and every failure
 is listed once at the end.

@@ -1,5 +1,5 @@
 """Names built from file content never lead outside OUT: hostile UIDs, descriptions and patient IDs in the DICOM
-headers (``prepare_data.py group``) and hostile entries in a ``manifest.json`` (``prepare_data.py to_nifti``)."""
+headers (``spleenseg-prepare group``) and hostile entries in a ``manifest.json`` (``spleenseg-prepare to_nifti``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``prepare_data.py group|to_nifti --shard I/N`` and ``merge_manifests``: N shards into one OUT give what one
+"""``spleenseg-prepare group|to_nifti --shard I/N`` and ``merge_manifests``: N shards into one OUT give what one
 unsharded run gives, file for file; every series lands in exactly one shard; bad shards are refused."""
 
 from __future__ import annotations
