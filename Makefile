@@ -56,7 +56,7 @@ REAL_CFG := "['bundle/configs/train.json','bundle/configs/train_real.json']"
 REAL_EVAL_CFG := "['bundle/configs/train.json','bundle/configs/train_real.json','bundle/configs/evaluate.json']"
 .PHONY: reproduce-model validate-model
 reproduce-model: setup
-	test -d runs/data_real || $(PY) scripts/prepare_data.py real_cases runs/data_real --phantoms 34 --seed 0 --cross-phantoms 6
+	test -d runs/data_real || $(VENV)/bin/spleenseg-prepare real_cases runs/data_real --phantoms 34 --seed 0 --cross-phantoms 6
 	$(PY) -m monai.bundle run --config_file $(REAL_CFG)
 	$(PY) -m monai.bundle run --config_file $(REAL_EVAL_CFG) --eval_split test \
 	    --ckpt_path runs/train_real/models/model.pt --output_dir runs/eval_real --largest_cc true
@@ -69,4 +69,4 @@ reproduce-model: setup
 
 # Leave-one-real-case-out validation of the same recipe (one training per real patient, ~1 h CPU each).
 validate-model: setup
-	$(PY) scripts/validate_model.py run --out runs/loo $(if $(ORGANS),--organs true)
+	$(VENV)/bin/spleenseg-validate-model run --out runs/loo $(if $(ORGANS),--organs true)

@@ -8,8 +8,8 @@ Subpackages, one per stage (data flows one way):
 - ``spleenseg.report``   learning curves, overlays, GIFs
 - ``spleenseg.orientation`` the "spleen belongs on the patient's left" sanity check
 
-Scripts in ``scripts/`` are thin ``fire`` command lines over these modules; the bundle and the deploy app
-import from here instead of copying code.
+The command lines in :mod:`spleenseg.commands` are thin ``fire`` front ends over these modules; the bundle and
+the deploy app import from here instead of copying code.
 """
 
 import warnings

@@ -123,8 +123,8 @@ def train_loop(out: Path, n_cases: int, seed: int) -> None:
     _run(_bundle("inference.json") + ["--input_dir", str(cohort / "imagesTs"), "--output_dir", str(out / "infer"),
                                       "--ckpt_path", str(ckpt), *DEMO_MODEL_OVERRIDES])
     _banner("pictures: slice panels, GIF, learning curves")
-    _run([sys.executable, "scripts/visualize.py", "--dataset_dir", str(cohort), "--out_dir", str(out / "figures"),
-          "--ckpt", str(ckpt), "--split", "test", "--n_cases", "2",
+    _run([sys.executable, "-m", "spleenseg.commands.visualize", "--dataset_dir", str(cohort),
+          "--out_dir", str(out / "figures"), "--ckpt", str(ckpt), "--split", "test", "--n_cases", "2",
           "--metrics", str(train_dir / "metrics.json"), *DEMO_MODEL_OVERRIDES])
 
 

@@ -90,14 +90,14 @@ def check_spleen_left(label: str | os.PathLike | nib.spatialimages.SpatialImage,
                       spleen_value: int = 1, name: str | None = None) -> SpleenSide:
     """Warn (:class:`OrientationWarning` + log) when the spleen lies on the patient's right; return the result.
 
-    Used by data preparation (``prepare_data.py dataset``), evaluation and the deploy app's report.
+    Used by data preparation (``spleenseg-prepare dataset``), evaluation and the deploy app's report.
     """
     result = spleen_side(label, image, spleen_value, name)
     if result.side == "right":
         msg = (f"{result.path}: the spleen centroid lies {abs(result.offset_mm):.0f} mm to the patient's RIGHT "
                f"(RAS x = {result.centroid_ras[0]:.1f} mm, body midline x = {result.midline_x:.1f} mm). The spleen "
                "belongs on the left; the header is probably mirrored left/right (as in MSD spleen_8). Check the "
-               "file, or let `prepare_data.py dataset --flip-lr` mirror the header.")
+               "file, or let `spleenseg-prepare dataset --flip-lr` mirror the header.")
         log.warning(msg)
         warnings.warn(msg, OrientationWarning, stacklevel=2)
     return result

@@ -45,8 +45,7 @@ def bundle_module(bundle: str | Path, module: str) -> ModuleType:
     """``<bundle>/scripts/<module>.py`` imported as a module of that bundle's own ``scripts`` package.
 
     Why a package of its own, named after the folder: the bundle's modules import each other relatively
-    (``from .errors import InputError``), ``scripts`` also names the repository's command folder, and two
-    bundles (a copy, an older release) must not share modules.
+    (``from .errors import InputError``), and two bundles (a copy, an older release) must not share modules.
     """
     root = (Path(bundle) / "scripts").resolve()
     if not (root / "__init__.py").is_file():

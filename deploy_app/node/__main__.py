@@ -18,7 +18,9 @@ from spleenseg.errors import SpleensegError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m deploy_app.node", description=__doc__,
+    # the name it was started by: the console script spleenseg-node, or python -m deploy_app.node
+    prog = "spleenseg-node" if Path(sys.argv[0]).name == "spleenseg-node" else "python -m deploy_app.node"
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", help="JSON or YAML file with the node's options")
     p.add_argument("--work-dir", help="spool folder (incoming/, queued/, running/, outbox/, done/, failed/)")

@@ -56,10 +56,10 @@ def strip_components(config: Any, disallowed: list[str]) -> Any:
 def use_bundle_scripts(bundle: Path) -> None:
     """Make ``import scripts`` find ``bundle/scripts`` (the bundle's own transforms in its post-processing).
 
-    Why: the bundle's ``initialize`` section does the same (``sys.modules.pop('scripts')``), but the SDK never
-    runs it; a ``scripts`` imported earlier in this process from elsewhere (the repository's own ``scripts/``
-    folder, picked up by any ``$import scripts`` parsed with the repository as working directory) would hide the
-    bundle's and its transforms would fail with "Cannot locate class or function path".
+    Why: the bundle's ``initialize`` section puts its root on ``sys.path``, but the SDK never runs it; and one
+    process may load several bundles (a copy, an older release, another model), so a ``scripts`` package that
+    another bundle imported earlier would hide this bundle's and its transforms would fail with "Cannot locate
+    class or function path" (or silently run the other bundle's code).
     """
     root = str(bundle.resolve())
     if root in sys.path:

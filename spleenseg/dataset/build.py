@@ -97,7 +97,7 @@ def validate_pair(image: nib.Nifti1Image, label: nib.Nifti1Image, case: str, org
     :data:`spleenseg.phantom.ORGAN_LABELS`); :class:`GeometryError` / :class:`InputError` otherwise."""
     if image.shape[:3] != label.shape[:3] or len(label.shape) != 3:
         raise GeometryError(f"case {case}: image shape {image.shape} and label shape {label.shape} differ "
-                            "(use `prepare_data.py labels` to resample the label into the image grid)")
+                            "(use `spleenseg-prepare labels` to resample the label into the image grid)")
     diff = float(np.abs(image.affine - label.affine).max())
     if diff > AFFINE_ATOL_MM:
         raise GeometryError(f"case {case}: image and label affines differ by up to {diff:.4f} mm; they are "

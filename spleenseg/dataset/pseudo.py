@@ -109,7 +109,7 @@ def add_pseudo_labels(dataset_dir: str | os.PathLike, bundle: str | os.PathLike,
     root, bundle, ckpt, real_ct = Path(dataset_dir), Path(bundle), Path(ckpt), Path(real_ct)
     meta_path = root / "dataset.json"
     if not meta_path.is_file():
-        raise InputError(f"{meta_path}: missing; build the dataset first (prepare_data.py real_cases)")
+        raise InputError(f"{meta_path}: missing; build the dataset first (spleenseg-prepare real_cases)")
     if not ckpt.is_file():
         raise InputError(f"{ckpt}: checkpoint not found")
     meta = json.loads(meta_path.read_text())

@@ -23,7 +23,7 @@ Public API (stable; the deploy app and the scripts use it)::
 - :func:`read_seg_labels` ``(seg_path, image_volume, image_series_uid=None) -> highdicom.Volume``: a DICOM
   SEG as a uint8 label map on the source image's grid (checked against the series UID, never resampled).
 
-Folder-level jobs (the ``prepare_data.py`` commands) live in :mod:`spleenseg.dicom.convert`: ``group_folder``,
+Folder-level jobs (the ``spleenseg-prepare`` commands) live in :mod:`spleenseg.dicom.convert`: ``group_folder``,
 ``convert_folder``, ``labels_to_nifti``.
 """
 

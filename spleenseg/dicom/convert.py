@@ -1,4 +1,4 @@
-"""Folder-level jobs behind ``prepare_data.py group`` and ``to_nifti``: layout, manifest, parallel conversion.
+"""Folder-level jobs behind ``spleenseg-prepare group`` and ``to_nifti``: layout, manifest, parallel conversion.
 
 Both jobs read the input only; outputs are built in a temporary place and moved into position, so an
 interrupted run never leaves a half-written folder or file behind.
@@ -117,7 +117,7 @@ def group_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, link:
     for g in groups:
         if shard is None or shard.owns(g.series_uid):  # a shard reports its own series only
             _warn_header_problems(g)
-    manifest = {"created_by": f"spleenseg {__version__} prepare_data.py group", "source": str(in_dir),
+    manifest = {"created_by": f"spleenseg {__version__} spleenseg-prepare group", "source": str(in_dir),
                 "linked": bool(link), "slices_per_group": slices_per_group}
     if shard is not None:
         groups = _group_shard(groups, out, manifest, shard, link, progress)
@@ -324,7 +324,7 @@ def convert_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, res
     positions = list(range(len(todo))) if shard is None else shard.positions(todo)
     written = _convert_all([todo[i] for i in positions], out_dir, resample, workers, progress)
     if shard is not None:  # written last: a shard manifest says every series of the shard is in place
-        manifest = {"created_by": f"spleenseg {__version__} prepare_data.py to_nifti", "source": str(in_dir),
+        manifest = {"created_by": f"spleenseg {__version__} spleenseg-prepare to_nifti", "source": str(in_dir),
                     "resample": bool(resample), "modality": modality, "keep_localizers": bool(keep_localizers),
                     "series": [_nifti_entry(todo[i]) for i in positions],
                     "shard": shard.record(positions, len(todo))}

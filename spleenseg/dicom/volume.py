@@ -158,12 +158,12 @@ def _sorted_stack(pairs: list[tuple[str, pydicom.Dataset]], label: str) -> _Stac
     sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in pairs}
     if len(sizes) > 1:
         raise GeometryError(f"series {label}: mixed image sizes {sorted(sizes)}; not one volume "
-                            "(run `prepare_data.py group` to split it)")
+                            "(run `spleenseg-prepare group` to split it)")
     orients = np.array([np.asarray(_require(ds, p, "ImageOrientationPatient"), float) for p, ds in pairs])
     if np.abs(orients - orients[0]).max() > 10 ** -ORIENTATION_DECIMALS:
         distinct = {tuple(np.round(o, 3)) for o in orients}
         raise GeometryError(f"series {label}: mixed slice orientations {sorted(distinct)}; not one volume "
-                            "(run `prepare_data.py group` to split it)")
+                            "(run `spleenseg-prepare group` to split it)")
     spacings = np.array([np.asarray(_require(ds, p, "PixelSpacing"), float) for p, ds in pairs])
     if np.abs(spacings - spacings[0]).max() > 1e-4:
         raise GeometryError(f"series {label}: mixed pixel spacings {sorted({tuple(s) for s in spacings})}")

@@ -3,7 +3,7 @@
 - :mod:`spleenseg.report.curves`     per-epoch metrics (``metrics.json``/``.csv``) → learning-curve PNG
 - :mod:`spleenseg.report.overlay`    CT / reference / prediction panels and animated GIFs (radiological view)
 - :mod:`spleenseg.report.visualize`  checkpoint → bundle inference → panels, GIFs, curves
-  (CLI: ``scripts/visualize.py``)
+  (CLI: ``spleenseg-visualize``)
 
 - :mod:`spleenseg.report.figure`     Agg backend and write-then-rename saving of figures
 

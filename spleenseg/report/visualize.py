@@ -3,7 +3,7 @@
 Why through the bundle: the pictures must show what ``inference.json`` produces (same preprocessing, sliding
 window, inversion to the input grid), not a re-implementation that could differ. Every function takes the bundle
 folder (``bundle``) whose configs, scripts and version it uses: the repository's ``bundle/``, a copy, or an older
-release unpacked elsewhere (the command line ``scripts/visualize.py`` defaults to the repository's).
+release unpacked elsewhere (the command line ``spleenseg-visualize`` defaults to the repository's).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ TRAIN_TINY = TINY + ["--num_samples", "2", "--batch_size", "2", "--cache_rate", 
 
 def bundle_scripts(module: str) -> ModuleType:
     """A module of the repository bundle's ``scripts`` package, imported as a package of its own (its modules
-    import each other relatively; ``scripts`` also names the repository's top-level command folder)."""
+    import each other relatively; see :func:`spleenseg.paths.bundle_module`)."""
     return bundle_module(BUNDLE_DIR, module)
 
 
@@ -72,17 +72,3 @@ def train(dataset_dir: Path, out: Path, epochs: int, *extra: str) -> TrainRun:
                 "--output_dir", str(run.output_dir), "--ckpt_dir", str(run.ckpt_dir), "--epochs", str(epochs),
                 *TRAIN_TINY, *extra])
     return run
-
-
-
-
-def load_bundle_module(name: str):
-    """Import ``bundle/scripts/<name>.py`` by file path, without putting ``bundle/`` on ``sys.path`` (the
-    repository's own ``scripts/`` folder would clash with the bundle's ``scripts`` package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"bundle_scripts_{name}", BUNDLE_DIR / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module

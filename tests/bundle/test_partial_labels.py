@@ -10,9 +10,9 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 
-from bundle_util import load_bundle_module
+from bundle_util import bundle_scripts
 
-pl = load_bundle_module("partial_labels")
+pl = bundle_scripts("partial_labels")
 
 
 def _logits(cls: int, shape=(1, 5, 6, 6, 6), strength: float = 8.0) -> torch.Tensor:

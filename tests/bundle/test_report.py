@@ -99,8 +99,8 @@ def test_panel_and_gif_carry_the_title(crafted, tmp_path: Path) -> None:
 
 def test_visualize_cli_writes_panels_gif_and_curves(trained_run: TrainRun, tmp_path: Path) -> None:
     out = tmp_path / "fig"
-    proc = subprocess.run([sys.executable, "scripts/visualize.py", "--dataset_dir", str(trained_run.dataset_dir),
-                           "--out_dir", str(out), "--ckpt", str(trained_run.model), "--split", "test",
+    proc = subprocess.run([sys.executable, "-m", "spleenseg.commands.visualize",
+                           "--dataset_dir", str(trained_run.dataset_dir), "--out_dir", str(out), "--ckpt", str(trained_run.model), "--split", "test",
                            "--n_cases", "1", "--n_slices", "2",
                            "--metrics", str(trained_run.output_dir / "metrics.json"), *TINY],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
@@ -126,7 +126,7 @@ def test_visualize_gif_false_and_a_misspelt_option(trained_run: TrainRun, tmp_pa
     meta = json.loads((unlabelled / "dataset.json").read_text())
     del meta["test_labels"]
     (unlabelled / "dataset.json").write_text(json.dumps(meta))
-    base = [sys.executable, "scripts/visualize.py", "--dataset_dir", str(unlabelled), "--ckpt",
+    base = [sys.executable, "-m", "spleenseg.commands.visualize", "--dataset_dir", str(unlabelled), "--ckpt",
             str(trained_run.model), "--split", "test", "--n_cases", "1", "--n_slices", "1", *TINY]
     typo = subprocess.run([*base, "--out_dir", str(tmp_path / "typo"), "--n_slice", "2"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300)

@@ -20,7 +20,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from scipy import ndimage
 
-from bundle_util import CONFIGS, TINY, TrainRun, config_arg, load_bundle_module, run_bundle
+from bundle_util import CONFIGS, TINY, TrainRun, bundle_scripts, config_arg, run_bundle
 from spleenseg.orientation import flip_lr_affine
 
 FLAGS = ["no_spleen", "implausible_volume", "several_candidates", "candidate_right", "fov_cut", "low_confidence",
@@ -85,8 +85,8 @@ def _case(affine: np.ndarray, spleen_blobs: list[tuple], liver: tuple | None = N
 
 @pytest.fixture(scope="module")
 def module():
-    """bundle/scripts/transforms.py, imported by file path."""
-    return load_bundle_module("transforms")
+    """bundle/scripts/transforms.py, imported as a module of the bundle's own ``scripts`` package."""
+    return bundle_scripts("transforms")
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,9 @@ import pytest
 
 from spleenseg.dataset import build_dataset, split_cases
 from spleenseg.errors import GeometryError, InputError
-from spleenseg.paths import REPO_ROOT
 from spleenseg.phantom import make_phantom, random_spec, write_dicom_study
 
-PREPARE = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_data.py")]
+PREPARE = [sys.executable, "-m", "spleenseg.commands.prepare_data"]
 
 
 def _pairs(root: Path, n: int, shape=(24, 20, 10)) -> tuple[Path, Path]:

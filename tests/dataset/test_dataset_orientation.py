@@ -13,7 +13,6 @@ import pytest
 
 from spleenseg.dataset import build_dataset
 from spleenseg.orientation import OrientationWarning, check_spleen_left, flip_lr_header, spleen_side
-from spleenseg.paths import REPO_ROOT
 
 REAL = Path("real_ct")
 
@@ -69,7 +68,7 @@ def test_dataset_flip_lr_fixes_the_header(shared_data: Path, tmp_path: Path) -> 
 
 
 def test_check_orientation_cli(shared_data: Path) -> None:
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "prepare_data.py"), "check_orientation",
+    result = subprocess.run([sys.executable, "-m", "spleenseg.commands.prepare_data", "check_orientation",
                              str(shared_data / REAL / "msd_spleen8_downsampled_label.nii.gz"),
                              str(shared_data / REAL / "msd_spleen8_downsampled.nii.gz")],
                             capture_output=True, text=True, timeout=60)

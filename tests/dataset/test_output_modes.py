@@ -18,7 +18,7 @@ import pytest
 from spleenseg.atomic import atomic_dir, atomic_file
 from spleenseg.paths import REPO_ROOT
 
-PREPARE = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_data.py")]
+PREPARE = [sys.executable, "-m", "spleenseg.commands.prepare_data"]
 
 
 def _modes(root: Path) -> dict[str, int]:

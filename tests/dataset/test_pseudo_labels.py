@@ -21,7 +21,7 @@ import pytest
 from spleenseg.dataset.pseudo import UNLABELLED, UnlabelledCase, add_pseudo_labels, eligible, rejection
 from spleenseg.dataset.real import build_real_dataset
 from spleenseg.errors import InputError
-from spleenseg.paths import BUNDLE_DIR, REPO_ROOT
+from spleenseg.paths import BUNDLE_DIR
 
 CKPT = BUNDLE_DIR / "models" / "model.pt"
 
@@ -80,7 +80,7 @@ def test_spleen_15_is_added_and_its_mirrored_copy_rejected(tmp_path: Path, share
 def test_cli_names_a_missing_checkpoint_and_exits_2(tmp_path: Path, shared_data: Path) -> None:
     dataset = tmp_path / "real"
     build_real_dataset(dataset, shared_data / "real_ct", progress=False)
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "prepare_data.py"), "pseudo_labels",
+    done = subprocess.run([sys.executable, "-m", "spleenseg.commands.prepare_data", "pseudo_labels",
                            str(dataset), "--ckpt", str(tmp_path / "nope.pt")], capture_output=True, text=True)
     assert done.returncode == 2, done.stderr
     assert "nope.pt: checkpoint not found" in done.stderr.strip().splitlines()[-1]

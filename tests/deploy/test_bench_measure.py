@@ -1,4 +1,4 @@
-"""The benchmarks (``scripts/bench_app.py``, ``scripts/bench_infer.py``) measure whole processes: start to exit
+"""The benchmarks (``benchmarks/bench_app.py``, ``benchmarks/bench_infer.py``) measure whole processes: start to exit
 (teardown included) and their own peak RSS (``spleenseg.measure``).
 
 No timing targets here (the machines are noisy); these check that the benchmarks measure what they say.
@@ -42,7 +42,7 @@ def test_dice_of_masks():
 
 
 def test_our_app_runs_as_users_run_it(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_app", REPO_ROOT / "scripts" / "bench_app.py")
+    spec = importlib.util.spec_from_file_location("bench_app", REPO_ROOT / "benchmarks" / "bench_app.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     command = bench.app_command("ours", "python", tmp_path / "in", tmp_path / "out", tmp_path / "bundle")

@@ -58,7 +58,7 @@ def test_with_generated_uids_it_writes_a_conformant_seg_on_the_source_slices(j2k
     assert set(entry["generated_uids"]) == {"StudyInstanceUID", "SeriesInstanceUID"}
     assert seg.StudyInstanceUID == entry["generated_uids"]["StudyInstanceUID"] == entry["study_instance_uid"]
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == entry["generated_uids"]["SeriesInstanceUID"]
-    # the same UIDs the data preparation (scripts/prepare_data.py group/convert) derives for this export
+    # the same UIDs the data preparation (spleenseg-prepare group/to_nifti) derives for this export
     [group] = scan_dicom(j2k_dir)
     assert (group.study_uid, group.series_uid) == (entry["generated_uids"]["StudyInstanceUID"],
                                                    entry["generated_uids"]["SeriesInstanceUID"])

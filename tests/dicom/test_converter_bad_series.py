@@ -1,4 +1,4 @@
-"""``prepare_data.py to_nifti`` on a folder where one series is damaged: the good series is converted, every
+"""``spleenseg-prepare to_nifti`` on a folder where one series is damaged: the good series is converted, every
 failure is listed at the end in one line each (no traceback), exit code 2, and the input is unchanged."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import pytest
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
-from spleenseg.paths import REPO_ROOT
 from spleenseg.phantom import make_phantom, random_spec, write_dicom_series
 
 
@@ -37,7 +36,7 @@ def test_one_damaged_series_does_not_stop_the_good_one(tmp_path, tiny_dicom_seri
     _damage(bad, keyword, text)
     before = {p: p.read_bytes() for p in tiny_dicom_series.folder.iterdir()}
     out = tmp_path / "nifti"
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "prepare_data.py"), "to_nifti",
+    proc = subprocess.run([sys.executable, "-m", "spleenseg.commands.prepare_data", "to_nifti",
                            str(tiny_dicom_series.folder), str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "1 of 2 series could not be converted (1 written" in proc.stderr and message in proc.stderr

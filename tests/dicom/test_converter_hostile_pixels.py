@@ -1,4 +1,4 @@
-"""Damaged pixels, headers, outputs, manifests and label files given to ``prepare_data.py to_nifti``, ``group``,
+"""Damaged pixels, headers, outputs, manifests and label files given to ``spleenseg-prepare to_nifti``, ``group``,
 ``dataset`` and ``labels``: one clear line naming the file and the problem, exit code 2, no traceback, nothing
 half-written, the input unchanged; in ``to_nifti`` one bad series never stops the good ones, and every failure
 is listed once at the end.
@@ -30,13 +30,12 @@ from pydicom.uid import generate_uid
 from spleenseg.dataset import build_dataset
 from spleenseg.dicom.convert import convert_folder, group_folder
 from spleenseg.errors import OutputError
-from spleenseg.paths import REPO_ROOT
 from spleenseg.phantom import make_phantom, random_spec, write_dicom_series
 
-PREPARE = str(REPO_ROOT / "scripts" / "prepare_data.py")
+PREPARE = "spleenseg.commands.prepare_data"  # run with -m
 SHAPE = (40, 36, 12)  # 40 x 36 pixels, 12 slices: 2880 bytes of 16-bit pixel data per file
 
-#: Runs prepare_data.py with every write at or below argv[1] failing as on a read-only mount (EROFS).
+#: Runs the prepare_data module with every write at or below argv[1] failing as on a read-only mount (EROFS).
 READ_ONLY = """
 import errno, os, runpy, sys
 root = os.path.abspath(sys.argv.pop(1))
@@ -49,12 +48,12 @@ def guard(fn):
     return wrapped
 os.open, os.mkdir, os.rmdir = guard(os.open), guard(os.mkdir), guard(os.rmdir)
 sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
 
 
 def _prepare(*args: str, read_only: Path | None = None) -> subprocess.CompletedProcess:
-    head = [sys.executable, "-c", READ_ONLY, str(read_only)] if read_only else [sys.executable]
+    head = [sys.executable, "-c", READ_ONLY, str(read_only)] if read_only else [sys.executable, "-m"]
     return subprocess.run(head + [PREPARE, *args], capture_output=True, text=True, timeout=300)
 
 

@@ -15,7 +15,6 @@ from dicomtest_helpers import assert_same_volume, run_dcm2niix, sample_onto
 
 from spleenseg.dicom import load_series_volume, scan_dicom, to_ras_nifti
 from spleenseg.errors import GeometryError
-from spleenseg.paths import REPO_ROOT
 from spleenseg.phantom import make_phantom, random_spec, write_dicom_series
 
 FAILING = Path("conversion") / "dicom2nifti_tests" / "failing"
@@ -106,7 +105,7 @@ def _same(a: nib.Nifti1Image, b: nib.Nifti1Image) -> bool:
 
 def test_cli_error_exit_code_and_no_output(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "nifti"
-    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_data.py"), "to_nifti",
+    cmd = [sys.executable, "-m", "spleenseg.commands.prepare_data", "to_nifti",
            str(shared_data / "conversion" / "ct_uneven_spacing"), str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

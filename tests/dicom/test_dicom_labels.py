@@ -16,7 +16,6 @@ from spleenseg.dicom import load_series_volume, read_seg_labels, scan_dicom, to_
 from spleenseg.dicom.convert import labels_to_nifti
 from spleenseg.dicom.seg import resample_label_to_image
 from spleenseg.errors import GeometryError, InputError
-from spleenseg.paths import REPO_ROOT
 from spleenseg.phantom import make_phantom, random_spec, write_dicom_series, write_seg
 
 SEGS = Path("seg") / "dcmqi" / "data" / "segmentations"
@@ -26,7 +25,7 @@ def test_dcmqi_liver_seg_gives_exactly_the_nrrd(shared_data: Path, tmp_path: Pat
     """dcmqi made liver.dcm from liver_seg.nrrd on ct-3slice: our SEG reading must give back those voxels."""
     root = shared_data / SEGS
     out = tmp_path / "liver.nii.gz"
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "prepare_data.py"), "labels",
+    result = subprocess.run([sys.executable, "-m", "spleenseg.commands.prepare_data", "labels",
                              str(root / "liver.dcm"), str(root / "ct-3slice"), str(out)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -20,11 +20,10 @@ from dicomtest_helpers import assert_same_volume
 from spleenseg.dicom import load_series_volume, scan_dicom, to_ras_nifti
 from spleenseg.dicom.convert import convert_folder, group_folder
 from spleenseg.errors import InputError
-from spleenseg.paths import REPO_ROOT
 from spleenseg.phantom import make_phantom, random_spec, write_dicom_series, write_dicom_study
 
 SHAPE = (24, 20, 10)
-PREPARE = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_data.py")]
+PREPARE = [sys.executable, "-m", "spleenseg.commands.prepare_data"]
 
 
 def _tree_digest(root: Path) -> dict[str, tuple[str, float]]:

@@ -1,5 +1,5 @@
 """Names built from file content never lead outside OUT: hostile UIDs, descriptions and patient IDs in the DICOM
-headers (``prepare_data.py group``) and hostile entries in a ``manifest.json`` (``prepare_data.py to_nifti``)."""
+headers (``spleenseg-prepare group``) and hostile entries in a ``manifest.json`` (``spleenseg-prepare to_nifti``)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from spleenseg.paths import REPO_ROOT
 
-PREPARE = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_data.py")]
+PREPARE = [sys.executable, "-m", "spleenseg.commands.prepare_data"]
 
 
 def _prepare(*args: str) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""``prepare_data.py group|to_nifti --shard I/N`` and ``merge_manifests``: N shards into one OUT give what one
+"""``spleenseg-prepare group|to_nifti --shard I/N`` and ``merge_manifests``: N shards into one OUT give what one
 unsharded run gives, file for file; every series lands in exactly one shard; bad shards are refused."""
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ import pytest
 
 from spleenseg.dicom.convert import convert_folder, group_folder
 from spleenseg.errors import InputError
-from spleenseg.paths import REPO_ROOT
 from spleenseg.phantom import make_phantom, random_spec, write_dicom_series, write_dicom_study
 from spleenseg.shard import Shard, merge_manifests, shard_of
 
-PREPARE = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_data.py")]
+PREPARE = [sys.executable, "-m", "spleenseg.commands.prepare_data"]
 N = 3
 
 

@@ -1,5 +1,5 @@
-"""``scripts/phantom.py``: documented --help, a working run, and one clear error + non-zero exit on bad options
-without leaving output behind."""
+"""``spleenseg-phantom`` (``python -m spleenseg.commands.phantom``): documented --help, a working run, and one
+clear error + non-zero exit on bad options without leaving output behind."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 
 from spleenseg.paths import REPO_ROOT
 
-SCRIPT = REPO_ROOT / "scripts" / "phantom.py"
+MODULE = "spleenseg.commands.phantom"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", MODULE, *args], capture_output=True, text=True, timeout=120,
                           cwd=REPO_ROOT)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -47,20 +46,18 @@ def test_augmentations_never_flip_left_right() -> None:
     assert max(rotate) <= 0.3  # radians: small tilts only
 
 
-def test_datalists_oversample_real_and_keep_held_out_apart(shared_data: Path, tmp_path: Path) -> None:
+def test_datalists_oversample_real_and_keep_held_out_apart(shared_data: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.warns(OrientationWarning):  # spleen_8's mirrored header, fixed by the build
         build_real_dataset(tmp_path / "real", shared_data / "real_ct", progress=False)
     build_phantom_dataset(tmp_path / "phantoms", n=2, n_val=1, n_test=0, progress=False)
     parser = _parser(data_root=str(tmp_path), real_repeat=3)
-    sys.path.insert(1, str(BUNDLE_DIR))
-    sys.modules.pop("scripts", None)
-    try:
-        parser.get_parsed_content("initialize")
-        train = parser.get_parsed_content("train_datalist")
-        val = parser.get_parsed_content("val_datalist")
-    finally:
-        sys.path.remove(str(BUNDLE_DIR))
-        sys.modules.pop("scripts", None)
+    # a bare ConfigParser evaluates every ``$import`` item before the others, so initialize's own sys.path line
+    # comes too late here: put the bundle root on sys.path first (undone after the test)
+    monkeypatch.syspath_prepend(str(BUNDLE_DIR))
+    parser.get_parsed_content("initialize")
+    train = parser.get_parsed_content("train_datalist")
+    val = parser.get_parsed_content("val_datalist")
     names = [Path(d["image"]).name for d in train]
     assert names.count("msd_spleen_8.nii.gz") == 3 and names.count("dtu_slab_a.nii.gz") == 3
     assert sum(n.startswith("phantom_") for n in names) == 2

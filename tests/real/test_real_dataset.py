@@ -22,7 +22,6 @@ from scipy import ndimage
 from spleenseg.dataset.real import DTU_SLABS, build_real_dataset, mask_to_grid, realistic_phantom_specs
 from spleenseg.errors import GeometryError
 from spleenseg.orientation import OrientationWarning, spleen_side
-from spleenseg.paths import REPO_ROOT
 
 CASES = ("msd_spleen_8", "ts_abdomen_crop", "dtu_slab_a", "dtu_slab_b")
 
@@ -115,7 +114,7 @@ def test_cli_refuses_nonempty_output_and_missing_data(tmp_path: Path) -> None:
     out = tmp_path / "data"
     (out / "real").mkdir(parents=True)
     (out / "real" / "x.txt").write_text("keep me")
-    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_data.py"), "real_cases", str(out), "--phantoms", "0"]
+    cmd = [sys.executable, "-m", "spleenseg.commands.prepare_data", "real_cases", str(out), "--phantoms", "0"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "not empty" in r.stderr
     assert (out / "real" / "x.txt").read_text() == "keep me"

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Data preparation: DICOM files → series groups → NIfTI → MSD-style dataset (thin fire CLI over spleenseg).
 
-Commands (``python scripts/prepare_data.py <command> --help`` for details)::
+Commands (``spleenseg-prepare <command> --help`` for details)::
 
     group IN OUT [--link] [--slices-per-group N] [--workers N]   sort files into OUT/<patient>/<study>/<series>/
     to_nifti IN OUT [--resample] [--modality CT] [--keep-localizers] [--workers N]   one .nii.gz + .json per series
@@ -165,5 +164,10 @@ COMMANDS = {"group": group, "to_nifti": to_nifti, "merge_manifests": merge_manif
             "dataset": dataset, "download_msd": download_msd, "check_orientation": check_orientation,
             "real_cases": real_cases, "pseudo_labels": pseudo_labels}
 
+def main() -> None:
+    """Console script ``spleenseg-prepare``."""
+    run_fire(COMMANDS, name="spleenseg-prepare")
+
+
 if __name__ == "__main__":
-    run_fire(COMMANDS, name="prepare_data.py")
+    main()

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Synthetic abdominal CT phantoms with a known spleen (deterministic from a seed).
 
 Commands:
@@ -8,9 +7,9 @@ Commands:
   spec         print the parameters a seed gives (JSON)
 
 Examples:
-  python scripts/phantom.py cohort data/phantoms --n 20 --seed 0 --fmt nifti
-  python scripts/phantom.py dicom_study data/dicom_in --patients 3 --reverse --shuffle_names --nested
-  python scripts/phantom.py case out/ --seed 5 --shape 512,512,80
+  spleenseg-phantom cohort data/phantoms --n 20 --seed 0 --fmt nifti
+  spleenseg-phantom dicom_study data/dicom_in --patients 3 --reverse --shuffle_names --nested
+  spleenseg-phantom case out/ --seed 5 --shape 512,512,80
 """
 
 from __future__ import annotations
@@ -153,5 +152,10 @@ class PhantomCLI:
         return json.dumps(random_spec(seed, shape=shape_t, phase=phase).to_dict(), indent=2)
 
 
+def main() -> None:
+    """Console script ``spleenseg-phantom``."""
+    run_fire(PhantomCLI(), name="spleenseg-phantom")
+
+
 if __name__ == "__main__":
-    run_fire(PhantomCLI(), name="phantom.py")
+    main()

@@ -10,9 +10,9 @@ On a 512x512x120 phantom (spleenseg.phantom), run ``bundle/configs/inference.jso
 Prints wall time, peak RSS (resident memory of the inference process) and the Dice between the two masks,
 side by side with the ratio bundle/stock. Example::
 
-    python scripts/bench_infer.py --ckpt bundle/models/model.pt --out_dir runs/bench_infer
+    python benchmarks/bench_infer.py --ckpt bundle/models/model.pt --out_dir runs/bench_infer
     # a model trained at another grid: pass the same overrides to both runs
-    python scripts/bench_infer.py --ckpt runs/demo/models/model.pt --pixdim "[5.0,5.0,5.0]" --roi_size "[48,48,48]"
+    python benchmarks/bench_infer.py --ckpt runs/demo/models/model.pt --pixdim "[5.0,5.0,5.0]" --roi_size "[48,48,48]"
 """
 
 from __future__ import annotations

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Leave-one-real-case-out validation of the shipped recipe (``train.json`` + ``train_real.json``).
 
 Each labelled real patient is held out in turn; the other real cases plus the realistic phantoms train, and the
@@ -9,16 +8,16 @@ series are one patient too: the J2K series is never trained on.
 
 Every step is the command a user would type (printed before it runs), so a fold can be rerun by hand::
 
-    python scripts/validate_model.py run --out runs/loo                 # all folds (about 1 h of CPU each)
-    python scripts/validate_model.py run --out runs/loo --folds msd_spleen_8
-    python scripts/validate_model.py summary --out runs/loo             # per-case table of finished folds
+    spleenseg-validate-model run --out runs/loo                 # all folds (about 1 h of CPU each)
+    spleenseg-validate-model run --out runs/loo --folds msd_spleen_8
+    spleenseg-validate-model summary --out runs/loo             # per-case table of finished folds
 
 Self-training (pseudo-labels, ``spleenseg.dataset.pseudo``): ``--pseudo_model M`` adds the QA-checked
 pseudo-labelled unlabelled real CT to one fold's training list, labelled by M, which must be that fold's own
 first-stage model (it must not have trained on the held-out case). The shipped model is the TotalSegmentator
 fold's first stage::
 
-    python scripts/validate_model.py run --out runs/pl --folds ts_abdomen_crop --pseudo_model bundle/models/model.pt
+    spleenseg-validate-model run --out runs/pl --folds ts_abdomen_crop --pseudo_model bundle/models/model.pt
 """
 
 from __future__ import annotations
@@ -77,18 +76,19 @@ def run(out: str = "runs/loo", folds: str | list[str] | None = None, phantoms: i
     if pseudo_model and len(names) != 1:
         raise InputError("--pseudo_model labels for one fold: pass --folds with the fold it was trained for")
     py = sys.executable
+    prepare = [py, "-m", "spleenseg.commands.prepare_data"]
     if not (root / "phantoms" / "dataset.json").is_file():
-        _run([py, "scripts/prepare_data.py", "real_cases", str(root / "_phantoms"), "--phantoms", str(phantoms),
+        _run([*prepare, "real_cases", str(root / "_phantoms"), "--phantoms", str(phantoms),
               "--seed", str(seed), *label_args])
         (root / "_phantoms" / "phantoms").rename(root / "phantoms")
     for name in names:
         held_out, validation = FOLDS[name]
         fold = root / name
         if not (fold / "real" / "dataset.json").is_file():
-            _run([py, "scripts/prepare_data.py", "real_cases", str(fold), "--phantoms", "0",
+            _run([*prepare, "real_cases", str(fold), "--phantoms", "0",
                   "--held-out", held_out, "--validation", validation, *label_args])
             if pseudo_model:
-                _run([py, "scripts/prepare_data.py", "pseudo_labels", str(fold / "real"), "--ckpt", pseudo_model])
+                _run([*prepare, "pseudo_labels", str(fold / "real"), "--ckpt", pseudo_model])
         model = fold / "train" / "models" / "model.pt"
         if not model.is_file():
             _run([py, "-m", "monai.bundle", "run", "--config_file", _configs(train_cfg), "--dataset_dir",
@@ -126,5 +126,10 @@ def summary(out: str = "runs/loo") -> str:
     return "\n".join(lines)
 
 
+def main() -> None:
+    """Console script ``spleenseg-validate-model``."""
+    run_fire({"run": run, "summary": summary}, name="spleenseg-validate-model")
+
+
 if __name__ == "__main__":
-    run_fire({"run": run, "summary": summary}, name="validate_model.py")
+    main()

@@ -5,8 +5,8 @@ Each tool runs in its own fresh process on the same folder of series; we record 
 memory of the whole process tree (sampled with psutil every 20 ms), then print a side-by-side table with ratios
 against spleenseg. The targets: faster than dicom2nifti, within 2x of dcm2niix (a C program).
 
-    python scripts/bench_convert.py --out /tmp/bench                      # 10 series of 512x512x100
-    python scripts/bench_convert.py --out /tmp/bench --size 256 --slices 60 --n-series 10   # quicker
+    python benchmarks/bench_convert.py --out /tmp/bench                      # 10 series of 512x512x100
+    python benchmarks/bench_convert.py --out /tmp/bench --size 256 --slices 60 --n-series 10   # quicker
 
 The cohort is cached in OUT/dicom (re-used when its parameters match). Output files go to OUT/<tool>/.
 """
@@ -24,8 +24,6 @@ from pathlib import Path
 import psutil
 
 from spleenseg.cli import run_fire
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def make_cohort(folder: Path, n_series: int, size: int, slices: int, n_phantoms: int) -> None:
@@ -66,11 +64,11 @@ def commands(dicom: Path, out: Path, workers: int) -> dict[str, tuple[list[str],
     """Command line and output folder of each tool (the output folder is emptied before each run)."""
     py = sys.executable
     dcm2niix = str(Path(py).parent / "dcm2niix") if (Path(py).parent / "dcm2niix").exists() else "dcm2niix"
-    script = str(REPO / "scripts" / "prepare_data.py")
+    prepare = [py, "-m", "spleenseg.commands.prepare_data"]
     return {
-        "spleenseg (1 process)": ([py, script, "to_nifti", str(dicom), str(out / "spleenseg1"), "--workers", "1"],
+        "spleenseg (1 process)": ([*prepare, "to_nifti", str(dicom), str(out / "spleenseg1"), "--workers", "1"],
                                   out / "spleenseg1"),
-        f"spleenseg ({workers} processes)": ([py, script, "to_nifti", str(dicom), str(out / "spleensegN"),
+        f"spleenseg ({workers} processes)": ([*prepare, "to_nifti", str(dicom), str(out / "spleensegN"),
                                               "--workers", str(workers)], out / "spleensegN"),
         "dicom2nifti": ([py, "-c", "import sys, dicom2nifti; dicom2nifti.convert_directory(sys.argv[1], "
                          "sys.argv[2], compression=True, reorient=False)", str(dicom), str(out / "dicom2nifti")],

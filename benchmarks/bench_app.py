@@ -12,7 +12,7 @@ memory) and Dice values, slice by slice through the source SOP Instance UIDs eac
 vs the stock SEG, vs the stock SEG after the largest-component filter our app adds, and each vs the phantom's
 true spleen.
 
-    python scripts/bench_app.py --slices 120 [--repeat 3] [--model bundle] [--work /tmp/bench_app] \\
+    python benchmarks/bench_app.py --slices 120 [--repeat 3] [--model bundle] [--work /tmp/bench_app] \\
         [--python /path/to/map-venv/bin/python]
 
 Without a trained ``bundle/models/model.pt`` the weights are random (timings are still comparable).

@@ -6,7 +6,7 @@ Three ways through the same K phantom CT studies (512x512xN, the size of clinica
   or a workflow engine does: start-up and imports are paid for every study);
 * ``batch_inference.json`` under ``torchrun`` with 1 and with 2 processes over the studies' NIfTI files (start-up
   paid once per process; each process gets ``cores / processes`` torch threads);
-* DICOM -> NIfTI conversion (``prepare_data.py to_nifti``) with 1 and 2 worker processes.
+* DICOM -> NIfTI conversion (``spleenseg-prepare to_nifti``) with 1 and 2 worker processes.
 
 Each run is timed from the outside, start-up included. The table gives studies (series) per hour and the ratio
 to the named reference, the app. From the measured rates it prints a capacity plan: how many such CPU machines
@@ -14,7 +14,7 @@ would process ``--target`` series in ``--hours``, and how many GPUs at the model
 end-to-end time (``--gpu_case_s``, 3.9 s per case on an A100 in its README, torch fp32), all assuming the work
 is spread evenly and I/O keeps up.
 
-    python scripts/bench_throughput.py [--studies 6] [--slices 120] [--work /tmp/bench_throughput]
+    python benchmarks/bench_throughput.py [--studies 6] [--slices 120] [--work /tmp/bench_throughput]
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def env_with(threads: int | None = None) -> dict[str, str]:
 
 def time_conversion(dicom: Path, out: Path, workers: int, n: int) -> Rate:
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "prepare_data.py"), "to_nifti", str(dicom), str(out),
+    cmd = [sys.executable, "-m", "spleenseg.commands.prepare_data", "to_nifti", str(dicom), str(out),
            "--workers", str(workers)]
     stats = run_measured(cmd, cwd=REPO_ROOT, env=env_with())
     return Rate(f"to_nifti, {workers} worker{'s' if workers > 1 else ''}", n, stats.wall_s)

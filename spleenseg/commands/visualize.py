@@ -1,14 +1,13 @@
-#!/usr/bin/env python
 """Pictures from a trained spleen model: slice panels, an animated GIF per case, learning curves.
 
 Examples::
 
-    python scripts/visualize.py --dataset_dir data/phantoms --out_dir runs/figures \\
+    spleenseg-visualize --dataset_dir data/phantoms --out_dir runs/figures \\
         --ckpt bundle/models/model.pt --split validation --n_cases 2 --metrics runs/train/metrics.json
     # a model trained with other settings: pass the same overrides as for inference
-    python scripts/visualize.py ... --pixdim "[5.0,5.0,5.0]" --roi_size "[48,48,48]"
+    spleenseg-visualize ... --pixdim "[5.0,5.0,5.0]" --roi_size "[48,48,48]"
     # another bundle folder (a copy, an older release): its configs, scripts and version are used
-    python scripts/visualize.py ... --bundle /path/to/spleen_bundle
+    spleenseg-visualize ... --bundle /path/to/spleen_bundle
 """
 
 import functools
@@ -27,13 +26,19 @@ SIGNATURE = inspect.signature(visualize).replace(parameters=[
 
 
 @functools.wraps(visualize)
-def main(*args, **kwargs):
+def visualize_cli(*args, **kwargs):
     bound = SIGNATURE.bind(*args, **kwargs)
     bound.apply_defaults()
     return visualize(*bound.args, **bound.kwargs)
 
 
-main.__signature__ = SIGNATURE
+visualize_cli.__signature__ = SIGNATURE
+
+
+def main() -> None:
+    """Console script ``spleenseg-visualize``."""
+    run_fire(visualize_cli, name="spleenseg-visualize")
+
 
 if __name__ == "__main__":
-    run_fire(main)
+    main()
