@@ -100,7 +100,8 @@ def test_panel_and_gif_carry_the_title(crafted, tmp_path: Path) -> None:
 def test_visualize_cli_writes_panels_gif_and_curves(trained_run: TrainRun, tmp_path: Path) -> None:
     out = tmp_path / "fig"
     proc = subprocess.run([sys.executable, "-m", "spleenseg.commands.visualize",
-                           "--dataset_dir", str(trained_run.dataset_dir), "--out_dir", str(out), "--ckpt", str(trained_run.model), "--split", "test",
+                           "--dataset_dir", str(trained_run.dataset_dir), "--out_dir", str(out),
+                           "--ckpt", str(trained_run.model), "--split", "test",
                            "--n_cases", "1", "--n_slices", "2",
                            "--metrics", str(trained_run.output_dir / "metrics.json"), *TINY],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
