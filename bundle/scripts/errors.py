@@ -11,11 +11,14 @@ gets the innermost cause repeated as its last line.
 
 from __future__ import annotations
 
+import ast
+import difflib
+import json
 import os
 import sys
 from pathlib import Path
 from types import TracebackType
-from typing import Iterator
+from typing import Iterator, Sequence
 
 #: exit status for bad user input (the project's command lines use the same)
 INPUT_ERROR_STATUS = 2
@@ -79,3 +82,54 @@ def _hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | Non
 def install() -> None:
     """Make a failed run end with one line naming the problem (see the module docstring)."""
     sys.excepthook = _hook
+
+
+#: ``monai.bundle run``'s own parameters: every other ``--name`` on its command line overrides a config key
+RUN_PARAMETERS = frozenset({"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file",
+                            "tracking", "args_file"})
+
+
+def _options(args: Sequence[str]) -> dict[str, str]:
+    """``--name value`` and ``--name=value`` pairs of a command line (a bare ``--flag`` maps to '')."""
+    found: dict[str, str] = {}
+    for i, arg in enumerate(args):
+        if arg.startswith("--") and len(arg) > 2:
+            name, _, value = arg[2:].partition("=")
+            if not value and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value = args[i + 1]
+            found[name] = value
+    return found
+
+
+def _config_files(value: str) -> list[str]:
+    """``--config_file`` as ``monai.bundle`` takes it: one path, or a Python list of paths."""
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    return [str(p) for p in (parsed if isinstance(parsed, (list, tuple)) else [parsed])]
+
+
+def check_overrides(argv: Sequence[str] | None = None) -> None:
+    """Refuse a ``python -m monai.bundle run`` option that names no key of its configs (``--overlapp 0.5``).
+
+    Why: ``monai.bundle`` adds an unknown override as a new, unused key, so a typo silently runs with the
+    default. Only the command line of ``python -m monai.bundle`` is checked (also under torchrun); a workflow
+    built in Python passes its overrides itself and is not looked at.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or not argv[0].replace(os.sep, "/").endswith("monai/bundle/__main__.py"):
+        return
+    options = _options(argv[1:])
+    files = _config_files(options.get("config_file", ""))
+    keys: set[str] = set()
+    for name in files:
+        try:
+            keys |= set(json.loads(Path(name).read_text()))
+        except (OSError, ValueError):
+            return  # not JSON (a YAML config): nothing to compare with
+    unknown = [n for n in options if n not in RUN_PARAMETERS and n.split("#")[0] not in keys]
+    if unknown:
+        hints = [f"--{n} (did you mean --{close[0]}?)" if (close := difflib.get_close_matches(n.split("#")[0], keys, 1))
+                 else f"--{n}" for n in unknown]
+        raise InputError(f"unknown option(s) {', '.join(hints)}: not a key of {', '.join(files)}")

@@ -224,3 +224,19 @@ def test_torchrun_evaluate_matches_one_process(trained_run: TrainRun, tmp_path: 
     for case, row in tables["one"].items():
         for metric in METRICS:
             assert float(tables["two"][case][metric]) == pytest.approx(float(row[metric]), rel=1e-3, abs=1e-4)
+
+
+@pytest.mark.parametrize("configs, typo, hint", [
+    (("inference",), "--overlapp", "--overlapp (did you mean --overlap?)"),
+    (("train",), "--epoch", "--epoch (did you mean --epochs?)"),
+    (("inference", "batch_inference"), "--input_cvs", "--input_cvs (did you mean --input_csv?)"),
+])
+def test_a_misspelt_option_is_one_line_before_any_work(tmp_path: Path, configs: tuple, typo: str, hint: str) -> None:
+    """monai.bundle would add an unknown option as a new, unused key and run with the default; the configs'
+    first initialize step refuses it instead, naming the option, the likely key and the config files."""
+    out = tmp_path / "out"
+    proc = run_bundle(["run", "--config_file", config_arg(*configs), "--output_dir", str(out), typo, "3"],
+                      check=False)
+    last = _last_line_error(proc)
+    assert last.startswith(f"error: unknown option(s) {hint}: not a key of "), last
+    assert not out.exists()

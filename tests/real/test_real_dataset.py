@@ -120,7 +120,7 @@ def test_cli_refuses_nonempty_output_and_missing_data(tmp_path: Path) -> None:
     assert (out / "real" / "x.txt").read_text() == "keep me"
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = subprocess.run(cmd[:3] + [str(tmp_path / "new"), "--phantoms", "0", "--real_ct", str(empty)],
+    r = subprocess.run(cmd[:4] + [str(tmp_path / "new"), "--phantoms", "0", "--real_ct", str(empty)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "msd_spleen8_downsampled.nii.gz" in r.stderr
     assert not (tmp_path / "new" / "real").exists()
