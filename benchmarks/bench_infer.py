@@ -17,6 +17,7 @@ side by side with the ratio bundle/stock. Example::
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,16 @@ def bench(
     ckpt: str = str(BUNDLE_DIR / "models" / "model.pt"), out_dir: str = "runs/bench_infer",
     shape: tuple[int, int, int] = (512, 512, 120), seed: int = 0, **overrides: Any,
 ) -> dict[str, dict[str, float]]:
-    """Run both settings on one phantom and print the comparison; ``overrides`` apply to both runs."""
+    """Run both settings on one phantom and print the comparison; ``overrides`` apply to both runs and must be
+    keys of ``inference.json`` (checked before the minute-long runs start; ``--help`` prints this text)."""
+    if "help" in overrides:
+        print(__doc__)
+        return {}
+    keys = set(json.loads((BUNDLE_DIR / "configs" / "inference.json").read_text()))
+    unknown = sorted(k for k in overrides if k.split("#")[0] not in keys)
+    if unknown:
+        raise InputError(f"unknown option(s) {', '.join('--' + k for k in unknown)}: not an option of bench_infer.py "
+                         f"and not a key of {BUNDLE_DIR / 'configs' / 'inference.json'}")
     ckpt_p, out = Path(ckpt), Path(out_dir)
     if not ckpt_p.is_file():
         raise InputError(f"{ckpt_p}: checkpoint does not exist (train first, or pass --ckpt)")
