@@ -17,7 +17,6 @@ side by side with the ratio bundle/stock. Example::
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from spleenseg.cli import run_fire
 from spleenseg.errors import InputError
 from spleenseg.measure import run_measured
 from spleenseg.paths import BUNDLE_DIR, REPO_ROOT
+from spleenseg.report.visualize import check_overrides
 
 # the model-zoo settings that differ from this bundle's (its ROI, 96^3, is the same; a --roi_size override
 # applies to both)
@@ -74,11 +74,7 @@ def bench(
     if "help" in overrides:
         print(__doc__)
         return {}
-    keys = set(json.loads((BUNDLE_DIR / "configs" / "inference.json").read_text()))
-    unknown = sorted(k for k in overrides if k.split("#")[0] not in keys)
-    if unknown:
-        raise InputError(f"unknown option(s) {', '.join('--' + k for k in unknown)}: not an option of bench_infer.py "
-                         f"and not a key of {BUNDLE_DIR / 'configs' / 'inference.json'}")
+    check_overrides(BUNDLE_DIR, overrides, command="bench_infer.py")
     ckpt_p, out = Path(ckpt), Path(out_dir)
     if not ckpt_p.is_file():
         raise InputError(f"{ckpt_p}: checkpoint does not exist (train first, or pass --ckpt)")

@@ -31,7 +31,8 @@ import torch
 from .errors import InputError, root_cause
 from .errors import message as errors_message
 from .files import write_text_atomic
-from .inference import input_datalist
+from .inference import input_datalist, publish
+from .transforms import SpleenQAWriter
 
 log = logging.getLogger(__name__)
 
@@ -324,23 +325,16 @@ class BatchInference:
         return self.postprocessing(data)
 
     def publish(self, image: str, item: Mapping[str, Any]) -> CaseRecord:
-        """Write the QA JSON, move every staged file into the output tree, and describe the case."""
-        from .transforms import qa_file_name
-
+        """Write the QA JSON beside the staged mask (as ``inference.json``'s handler does), move the staged
+        files into the output tree, and describe the case."""
         qa = item.get(self.qa_key) or {}
         if qa:
-            write_text_atomic(self.staging / qa_file_name(image), json.dumps(qa, indent=2) + "\n")
-        staged = sorted(p for p in self.staging.rglob("*") if p.is_file())
-        masks = [p for p in staged if p.name.endswith(self.mask_suffix)]
-        if not masks:
+            SpleenQAWriter(str(self.staging), qa_key=self.qa_key).write(item)
+        if not any(p.name.endswith(self.mask_suffix) for p in self.staging.rglob("*")):
             raise RuntimeError("the post-processing wrote no mask")
         subdir = self.output_dir / output_subdir(image, self.root)
-        subdir.mkdir(parents=True, exist_ok=True)
-        published = []
-        for path in staged:
-            os.replace(path, subdir / path.name)
-            published.append(os.path.relpath(subdir / path.name, self.output_dir))
-        mask = os.path.relpath(subdir / masks[0].name, self.output_dir)
+        published = sorted(os.path.relpath(p, self.output_dir) for p in publish(str(self.staging), str(subdir)))
+        mask = next(p for p in published if p.endswith(self.mask_suffix))
         flags = [k for k, v in (qa.get("flags") or {}).items() if v]
         return CaseRecord(input=image, status="done", output=mask, sha256=sha256_of(self.output_dir / mask),
                           files=published, spleen_volume_ml=qa.get("spleen_volume_ml"),

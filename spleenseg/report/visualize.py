@@ -94,13 +94,13 @@ def _switch(value: Any, name: str) -> bool:
         raise InputError(f"--{name} {value!r}: expected true or false") from exc
 
 
-def _check_overrides(bundle: Path, overrides: dict[str, Any]) -> None:
-    """Refuse options that are neither this command's nor keys of ``inference.json`` (typos such as
-    ``--n_slice`` or ``--overlapp`` would otherwise be passed on and silently ignored)."""
+def check_overrides(bundle: Path, overrides: dict[str, Any], command: str = "visualize") -> None:
+    """Refuse options that are neither ``command``'s nor keys of the bundle's ``inference.json`` (typos such
+    as ``--n_slice`` or ``--overlapp`` would otherwise be passed on and silently ignored)."""
     keys = set(_config(bundle, "inference"))
     unknown = [k for k in overrides if k.split("#")[0] not in keys]
     if unknown:
-        raise InputError(f"unknown option(s) {', '.join('--' + k for k in unknown)}: not an option of visualize "
+        raise InputError(f"unknown option(s) {', '.join('--' + k for k in unknown)}: not an option of {command} "
                          f"and not a key of {bundle / 'configs' / 'inference.json'}")
 
 
@@ -124,7 +124,7 @@ def visualize(
     ckpt = bundle / "models" / "model.pt" if ckpt is None else Path(ckpt)
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     gif = _switch(gif, "gif")  # "--gif false" from the command line arrives as the string "false"
-    _check_overrides(bundle, overrides)
+    check_overrides(bundle, overrides)
     if not ckpt.is_file():
         raise InputError(f"{ckpt}: checkpoint does not exist")
     cases = _cases(bundle, dataset_dir, split, n_cases, val_fraction, seed)

@@ -28,11 +28,17 @@ from node_helpers import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, NODE_AET, SIZE, SLI
 from spleenseg.paths import REPO_ROOT
 
 
-def test_round_trip_through_orthanc(orthanc_factory, node_factory, tmp_path: Path, ct_study) -> None:
+def _orthanc_and_node(orthanc_factory, node_factory, **options):
+    """An Orthanc that sends to the node and a node that sends its results back to that Orthanc."""
     node_port = free_port()
     orthanc = orthanc_factory(node_port)
-    node = node_factory(port=node_port, status_port=0, destination={
-        "host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet})
+    node = node_factory(port=node_port, destination={
+        "host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet}, **options)
+    return orthanc, node
+
+
+def test_round_trip_through_orthanc(orthanc_factory, node_factory, tmp_path: Path, ct_study) -> None:
+    orthanc, node = _orthanc_and_node(orthanc_factory, node_factory, status_port=0)
 
     assert orthanc.rest("POST", "/modalities/spleennode/echo", json={}) == {}  # Orthanc's C-ECHO reaches the node
     send_study_from_orthanc(orthanc, ct_study["files"])
@@ -71,10 +77,7 @@ def test_round_trip_through_orthanc(orthanc_factory, node_factory, tmp_path: Pat
 
 
 def test_echo_command_checks_the_destination(orthanc_factory, node_factory) -> None:
-    node_port = free_port()
-    orthanc = orthanc_factory(node_port)
-    node = node_factory(start=False, port=node_port, destination={
-        "host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet})
+    orthanc, node = _orthanc_and_node(orthanc_factory, node_factory, start=False)
     cmd = [sys.executable, "-m", "deploy_app.node", "--config", str(node.config_path), "--echo"]
     ok = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
     assert ok.returncode == 0 and "ORTHANC@127.0.0.1" in ok.stdout and "OK" in ok.stdout
@@ -131,10 +134,7 @@ def test_results_that_cannot_be_sent_are_kept_in_failed(node_factory, ct_study) 
 
 
 def test_killed_while_pending_then_processed_once(orthanc_factory, node_factory, ct_study) -> None:
-    node_port = free_port()
-    orthanc = orthanc_factory(node_port)
-    node = node_factory(port=node_port, quiet_seconds=3.0, destination={
-        "host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet})
+    orthanc, node = _orthanc_and_node(orthanc_factory, node_factory, quiet_seconds=3.0)
 
     send_study_from_orthanc(orthanc, ct_study["files"])
     node.kill()  # inside the quiet time: the study is received but not complete yet
@@ -151,10 +151,7 @@ def test_killed_while_pending_then_processed_once(orthanc_factory, node_factory,
 
 
 def test_killed_while_running_then_processed_once(orthanc_factory, node_factory, ct_study) -> None:
-    node_port = free_port()
-    orthanc = orthanc_factory(node_port)
-    node = node_factory(port=node_port, pipeline_options={"delay_seconds": 3.0}, destination={
-        "host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet})
+    orthanc, node = _orthanc_and_node(orthanc_factory, node_factory, pipeline_options={"delay_seconds": 3.0})
 
     send_study_from_orthanc(orthanc, ct_study["files"])
     [running] = wait_for(lambda: node.jobs("running"), 20, "the study to start running")
@@ -190,10 +187,7 @@ def test_unknown_calling_ae_is_rejected(node_factory, ct_study) -> None:
 
 
 def test_broken_study_fails_and_node_keeps_serving(orthanc_factory, node_factory, tmp_path: Path) -> None:
-    node_port = free_port()
-    orthanc = orthanc_factory(node_port)
-    node = node_factory(port=node_port, destination={
-        "host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet})
+    orthanc, node = _orthanc_and_node(orthanc_factory, node_factory)
     broken = write_ct_study(tmp_path / "broken", skip_slice=3, patient_id="BROKEN")
     good = write_ct_study(tmp_path / "good", patient_id="GOOD")
 
@@ -220,10 +214,7 @@ def test_an_aborted_study_is_held_until_it_is_sent_again_complete(orthanc_factor
     """The PACS aborts after half the study: nothing is processed when the quiet time is over (held, with the
     reason in status.json); the PACS then sends the whole study on an association it releases: one SEG, of
     every slice."""
-    node_port = free_port()
-    orthanc = orthanc_factory(node_port)
-    node = node_factory(port=node_port, destination={
-        "host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet})
+    orthanc, node = _orthanc_and_node(orthanc_factory, node_factory)
     study = ct_study["study_uid"]
 
     c_store_then_abort(node.port, "ORTHANC", ct_study["files"][:3])
@@ -246,10 +237,7 @@ def test_a_later_complete_copy_replaces_the_earlier_seg(orthanc_factory, node_fa
     """An administrator released a study held after an abort, so a SEG of half the slices reached the PACS; the
     complete copy sent later gives a SEG with the same Series and SOP Instance UIDs: the PACS (Orthanc with the
     README's OverwriteInstances) holds one SEG, now of every slice."""
-    node_port = free_port()
-    orthanc = orthanc_factory(node_port)
-    node = node_factory(port=node_port, destination={
-        "host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet})
+    orthanc, node = _orthanc_and_node(orthanc_factory, node_factory)
     study = ct_study["study_uid"]
 
     c_store_then_abort(node.port, "ORTHANC", ct_study["files"][:3])
