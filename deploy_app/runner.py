@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from spleenseg import __version__
-from spleenseg.atomic import ensure_writable_dir, make_temp_dir, output_error
+from spleenseg.atomic import atomic_write_bytes, ensure_writable_dir, make_temp_dir, output_error
 from spleenseg.errors import InputError, OutputError
 
 log = logging.getLogger(__name__)
@@ -158,8 +158,6 @@ def _move_in(staging: Path, output_dir: Path, report: dict[str, Any]) -> list[Pa
     The merged report is written in the staging folder first, so a full disk stops the run (OutputError
     naming the report) before any file has moved; renames on one file system need no space.
     """
-    from spleenseg.dicom.nifti import atomic_write_bytes  # highdicom, nibabel: not for the node's imports
-
     report_file, moved = staging / REPORT_NAME, []
     try:
         output_dir.mkdir(parents=True, exist_ok=True)

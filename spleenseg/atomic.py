@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from spleenseg.errors import InputError, OutputError
 
@@ -148,3 +148,36 @@ def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, writer: Any, suffix: str) -> None:
+    """Call ``writer(tmp_path)`` then move the result into place, so no half-written file is ever seen.
+
+    An ``OSError`` (read-only folder, full disk) becomes :class:`~spleenseg.errors.OutputError` naming ``path``.
+    """
+    atomic_write_all([(path, writer, suffix)])
+
+
+def atomic_write_all(items: Sequence[tuple[str | os.PathLike, Callable[[Any], Any], str]]) -> None:
+    """Write every ``(path, writer, suffix)`` to a temporary file first, then move them all into place.
+
+    Why: a NIfTI and its JSON side-car belong together; when the disk fills up while the second is written,
+    neither appears (a volume without its side-car would later be converted or trained on without its record).
+    """
+    done: list[tuple[Path, Path]] = []
+    current = Path(items[0][0]) if items else Path()
+    try:
+        for path, writer, suffix in items:
+            current = Path(path)
+            current.parent.mkdir(parents=True, exist_ok=True)
+            tmp = make_temp_file(current, suffix)
+            done.append((tmp, current))
+            writer(tmp)
+        for tmp, target in done:
+            current = target
+            os.replace(tmp, target)
+    except OSError as exc:
+        raise output_error(current, exc) from exc
+    finally:
+        for tmp, _ in done:
+            tmp.unlink(missing_ok=True)

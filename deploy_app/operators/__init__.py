@@ -1,6 +1,5 @@
 """Operators the deploy app needs where the MONAI Deploy App SDK's own are wrong or missing (see each docstring)."""
 
-from deploy_app.operators.inference import BundleInferenceOperator
 from deploy_app.operators.loader import CheckedDICOMDataLoaderOperator
 from deploy_app.operators.report import SpleenReportOperator
 from deploy_app.operators.selector import RankedSeriesSelectorOperator
@@ -8,7 +7,6 @@ from deploy_app.operators.seg_writer import SpleenSegWriterOperator
 from deploy_app.operators.volume import SeriesToVolumeOperator
 
 __all__ = [
-    "BundleInferenceOperator",
     "CheckedDICOMDataLoaderOperator",
     "RankedSeriesSelectorOperator",
     "SeriesToVolumeOperator",

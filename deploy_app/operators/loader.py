@@ -25,10 +25,11 @@ from pathlib import Path
 
 import pydicom
 
-from monai.deploy.core import Fragment
+from monai.deploy.core import Fragment, OperatorSpec
 from monai.deploy.core.domain.dicom_series import DICOMSeries
 from monai.deploy.core.domain.dicom_study import DICOMStudy
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
+from deploy_app.handoff import GENERATED_UIDS
 from spleenseg.dicom.decode import check_decodable, read_file
 from spleenseg.dicom.header_checks import repair_optional, unusable_reason
 from spleenseg.dicom.scan import header_from_dataset, list_files
@@ -119,12 +120,22 @@ class CheckedDICOMDataLoaderOperator(DICOMDataLoaderOperator):
     """SDK loader with clear errors for empty/non-DICOM input, skipped corrupt files and a blank-UID policy.
 
     Reuses the SDK's ``DICOMStudy``/``DICOMSeries`` model and its study/series attribute population; only the
-    file reading and grouping (``_load_data``) are replaced.
+    file reading and grouping (``_load_data``) are replaced. A second output, ``generated_uids`` (generated
+    UID -> keyword), tells the pipeline which UIDs it made up (see the module doc).
     """
 
     def __init__(self, fragment: Fragment, *args, allow_generated_uids: bool = False, **kwargs) -> None:
         self._allow_generated_uids = allow_generated_uids
+        self._generated: dict[str, str] = {}
         super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec):
+        super().setup(spec)
+        spec.output(GENERATED_UIDS)
+
+    def compute(self, op_input, op_output, context):
+        super().compute(op_input, op_output, context)
+        op_output.emit(dict(self._generated), GENERATED_UIDS)
 
     def load_data_to_studies(self, input_path: Path) -> list[DICOMStudy]:
         """Load every image instance below ``input_path``; raise :class:`InputError` when there is none."""
@@ -165,10 +176,10 @@ class CheckedDICOMDataLoaderOperator(DICOMDataLoaderOperator):
             log.warning("%s in %d file(s) is not valid DICOM; left empty in the SEG and the report", value, count)
         if not datasets and skipped:
             raise InputError(f"no usable DICOM image: {len(skipped)} file(s) skipped, e.g. {skipped[0]}")
-        generated = fill_study_series_uids(datasets, self._allow_generated_uids)
-        return self._group(datasets, generated)
+        self._generated = fill_study_series_uids(datasets, self._allow_generated_uids)
+        return self._group(datasets)
 
-    def _group(self, datasets: list[pydicom.Dataset], generated: dict[str, str]) -> list[DICOMStudy]:
+    def _group(self, datasets: list[pydicom.Dataset]) -> list[DICOMStudy]:
         studies: dict[str, DICOMStudy] = {}
         series: dict[str, DICOMSeries] = {}
         for ds in datasets:
@@ -179,8 +190,6 @@ class CheckedDICOMDataLoaderOperator(DICOMDataLoaderOperator):
             if series_uid not in series:
                 series[series_uid] = DICOMSeries(series_uid)
                 self.populate_series_attributes(series[series_uid], ds)
-                series[series_uid].generated_uids = {
-                    keyword: uid for uid, keyword in generated.items() if uid in (study_uid, series_uid)}
                 studies[study_uid].add_series(series[series_uid])
             series[series_uid].add_sop_instance(ds)
         log.info("loaded %d image instance(s): %d study(ies), %d series", len(datasets), len(studies), len(series))

@@ -18,9 +18,11 @@ import numpy as np
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from monai.transforms.utils import generate_spatial_bounding_box
+from deploy_app.handoff import SEG_RESULT, SegResult
 from deploy_app.qa import log_qa
 from deploy_app.runner import REPORT_NAME
-from spleenseg.dicom.nifti import atomic_write_bytes, save_nifti, to_ras_nifti
+from spleenseg.atomic import atomic_write_bytes
+from spleenseg.dicom.nifti import save_nifti, to_ras_nifti
 from spleenseg.orientation import spleen_side
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,7 @@ def spleen_side_entry(mask: np.ndarray, affine_lps: np.ndarray, series_uid: str)
 
 
 class SpleenReportOperator(Operator):
-    """Consumes each ``seg_record`` and (re)writes ``spleen_report.json`` with every series done so far."""
+    """Consumes each ``seg_result`` and (re)writes ``spleen_report.json`` with every series done so far."""
 
     def __init__(self, fragment: Fragment, *args, output_folder: Path, model: dict[str, str], stl: bool = False,
                  nifti: bool = False, **kwargs) -> None:
@@ -113,21 +115,19 @@ class SpleenReportOperator(Operator):
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec):
-        spec.input("seg_record")
+        spec.input(SEG_RESULT)
 
     def compute(self, op_input, op_output, context):
-        self.add(op_input.receive("seg_record"))
+        self.add(op_input.receive(SEG_RESULT))
 
-    def add(self, record: dict[str, Any]) -> None:
+    def add(self, result: SegResult) -> None:
         """Measure, write the optional STL/NIfTI, log the QA flags, then rewrite the report.
 
         A series without a SEG (no spleen found) is listed all the same, with its QA block and ``seg_file``
         null, and gets no STL or NIfTI either: an empty mask file would read as a 0 mL spleen too.
         """
-        series = record["study_selected"].selected_series[0].series
-        affine = series.volume_affine_lps
-        mask, seg, first, qa = record["mask"], record["seg"], record["source"][0], record["qa"]
-        uid = str(series.SeriesInstanceUID)
+        series, mask, seg, qa = result.series, result.mask, result.seg, result.qa
+        affine, first, uid = series.affine_lps, series.sources[0], series.series_uid
         entry: dict[str, Any] = {
             "patient_id": str(first.get("PatientID", "")),
             "study_instance_uid": str(first.StudyInstanceUID),
@@ -135,12 +135,12 @@ class SpleenReportOperator(Operator):
             "series_number": first.get("SeriesNumber"),
             "series_description": str(first.get("SeriesDescription", "")),
             "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
-            "slices": len(record["source"]),
-            "seg_file": None if seg is None else record["path"].name,
+            "slices": len(series.sources),
+            "seg_file": None if result.path is None else result.path.name,
             "seg_series_instance_uid": None if seg is None else str(seg.SeriesInstanceUID),
             "seg_sop_instance_uid": None if seg is None else str(seg.SOPInstanceUID),
-            "generated_uids": getattr(series, "generated_uids", {}),
-            **mask_measurements(mask, affine, [ds.get("InstanceNumber") for ds in record["source"]]),
+            "generated_uids": dict(series.generated_uids),
+            **mask_measurements(mask, affine, [ds.get("InstanceNumber") for ds in series.sources]),
             **spleen_side_entry(mask, affine, uid),
             "qa": qa,
         }

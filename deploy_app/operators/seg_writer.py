@@ -5,7 +5,7 @@ in the Contributing Equipment Sequence unless a ``ModelInfo`` is passed), it omi
 the frame count differs from the source slice count and viewers that index frames by slice shift the mask),
 draws a random SeriesNumber, writes only the first selected series and does not tell downstream operators
 what it wrote. This writer keeps one frame per source slice (highdicom sorts them along the slice normal), takes
-the algorithm name and version from the bundle's ``metadata.json`` and emits a small record for the report.
+the algorithm name and version from the bundle's ``metadata.json`` and emits a :class:`SegResult` for the report.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import highdicom as hd
 import numpy as np
 
 from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
-from monai.deploy.core.domain.dicom_series_selection import StudySelectedSeries
 
+from deploy_app.handoff import SEG_RESULT, SERIES_VOLUME, SegResult, SeriesVolume
 from deploy_app.qa import QA_OUTPUT, settle_no_spleen, unwrap_qa
 from deploy_app.volume_io import c_order
-from spleenseg.dicom.nifti import atomic_write_bytes
+from spleenseg.atomic import atomic_write_bytes
 from spleenseg.dicom.seg import spleen_segment_description
 from spleenseg.dicom.volume import detached_copy
 
@@ -100,12 +100,11 @@ def build_seg(mask: np.ndarray, source: list, algorithm: AlgorithmInfo) -> hd.se
 
 
 class SpleenSegWriterOperator(Operator):
-    """Inputs: ``seg_image`` (slice, row, column mask), ``spleen_qa`` (the bundle's QA dict) and the one-series
-    ``study_selected_series_list``.
+    """Inputs: ``seg_image`` (the bundle's mask, slice/row/column), ``spleen_qa`` (the bundle's QA dict) and the
+    series' :class:`SeriesVolume`.
 
-    Output ``seg_record``: dict with the SEG path/UIDs, the mask, the QA dict and the source geometry, for the
-    report. When no spleen was found no SEG is written (path and SEG are ``None``): an empty SEG reads as
-    "spleen 0 mL" in a viewer.
+    Output ``seg_result``: a :class:`SegResult`. When no spleen was found no SEG is written (its ``seg`` and
+    ``path`` are ``None``): an empty SEG reads as "spleen 0 mL" in a viewer.
     """
 
     def __init__(self, fragment: Fragment, *args, output_folder: Path, algorithm: AlgorithmInfo, **kwargs) -> None:
@@ -116,29 +115,25 @@ class SpleenSegWriterOperator(Operator):
     def setup(self, spec: OperatorSpec):
         spec.input("seg_image")
         spec.input(QA_OUTPUT)
-        spec.input("study_selected_series_list")
-        spec.output("seg_record")
+        spec.input(SERIES_VOLUME)
+        spec.output(SEG_RESULT)
 
     def compute(self, op_input, op_output, context):
         seg_image: Image = op_input.receive("seg_image")
         qa = unwrap_qa(op_input.receive(QA_OUTPUT))
-        study_selected: StudySelectedSeries = op_input.receive("study_selected_series_list")[0]
-        op_output.emit(self.write(seg_image.asnumpy(), study_selected, qa), "seg_record")
+        series: SeriesVolume = op_input.receive(SERIES_VOLUME)
+        op_output.emit(self.write(seg_image.asnumpy(), series, qa), SEG_RESULT)
 
-    def write(self, mask: np.ndarray, study_selected: StudySelectedSeries, qa: dict[str, Any]) -> dict[str, Any]:
+    def write(self, mask: np.ndarray, series: SeriesVolume, qa: dict[str, Any]) -> SegResult:
         """Write ``SEG_<source series UID>.dcm`` unless no spleen was found; return what the report needs."""
-        selected = study_selected.selected_series[0]
-        uid = selected.series.SeriesInstanceUID
-        source = [s.get_native_sop_instance() for s in selected.series.get_sop_instances()]
+        source = list(series.sources)
         mask = c_order(np.asarray(mask)) > 0  # one C-ordered copy for the SEG and the report
         qa = settle_no_spleen(qa, bool(mask.any()))
-        record = {"path": None, "seg": None, "mask": mask, "source": source, "study_selected": study_selected,
-                  "qa": qa}
         if qa["flags"]["no_spleen"]:  # an empty SEG would read as "spleen 0 mL" in a viewer
-            log.warning("series %s: no spleen found; no SEG written for it", uid)
-            return record
+            log.warning("series %s: no spleen found; no SEG written for it", series.series_uid)
+            return SegResult(series=series, mask=mask, qa=qa)
         seg = build_seg(mask, source, self.algorithm)
-        path = self.output_folder / f"SEG_{uid}.dcm"
+        path = self.output_folder / f"SEG_{series.series_uid}.dcm"
         atomic_write_bytes(path, seg.save_as, ".dcm")  # a full disk: OutputError naming the file
         log.info("wrote %s: %d frames, %d spleen voxels", path.name, int(seg.NumberOfFrames), int(mask.sum()))
-        return {**record, "path": path, "seg": seg}
+        return SegResult(series=series, mask=mask, qa=qa, seg=seg, path=path)

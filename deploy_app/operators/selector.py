@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from highdicom.spatial import get_normal_vector
+from highdicom.spatial import get_closest_patient_orientation, get_normal_vector
 from monai.deploy.core import Fragment
 from monai.deploy.core.domain.dicom_series import DICOMSeries
 from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, StudySelectedSeries
@@ -46,10 +46,15 @@ def load_rules(path: str | Path | None = None) -> dict[str, Any]:
     return rules
 
 
+#: The plane named by the patient direction (highdicom's biped letters) closest to the slice normal.
+PLANE_OF_NORMAL = {"L": "Sagittal", "R": "Sagittal", "A": "Coronal", "P": "Coronal", "H": "Axial", "F": "Axial"}
+
+
 def orientation_name(iop: Any) -> str:
     """Axial, Coronal or Sagittal: the patient axis the slice normal is closest to."""
-    normal = get_normal_vector([float(v) for v in iop])
-    return ("Sagittal", "Coronal", "Axial")[int(np.argmax(np.abs(normal)))]
+    values = [float(v) for v in iop]
+    directions = np.column_stack([values[:3], values[3:], get_normal_vector(values)])
+    return PLANE_OF_NORMAL[get_closest_patient_orientation(directions)[2].value]
 
 
 def slice_thickness(ds: Any) -> float:

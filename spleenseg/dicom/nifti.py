@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import highdicom as hd
 import nibabel as nib
 import numpy as np
 
-from spleenseg.atomic import make_temp_file, output_error
+from spleenseg.atomic import atomic_write_all, atomic_write_bytes
 
 #: Integer types tried in order; the first that holds every value exactly is stored.
 _INT_TYPES = (np.int16, np.uint16, np.int32)
@@ -57,39 +57,6 @@ def to_ras_nifti(volume: hd.Volume, dtype: np.dtype | None = None) -> nib.Nifti1
     img.set_qform(img.affine, code=1)  # scanner coordinates, as dcm2niix writes them
     img.set_sform(img.affine, code=1)
     return img
-
-
-def atomic_write_bytes(path: str | os.PathLike, writer: Any, suffix: str) -> None:
-    """Call ``writer(tmp_path)`` then move the result into place, so no half-written file is ever seen.
-
-    An ``OSError`` (read-only folder, full disk) becomes :class:`~spleenseg.errors.OutputError` naming ``path``.
-    """
-    atomic_write_all([(path, writer, suffix)])
-
-
-def atomic_write_all(items: Sequence[tuple[str | os.PathLike, Callable[[Any], Any], str]]) -> None:
-    """Write every ``(path, writer, suffix)`` to a temporary file first, then move them all into place.
-
-    Why: a NIfTI and its JSON side-car belong together; when the disk fills up while the second is written,
-    neither appears (a volume without its side-car would later be converted or trained on without its record).
-    """
-    done: list[tuple[Path, Path]] = []
-    current = Path(items[0][0]) if items else Path()
-    try:
-        for path, writer, suffix in items:
-            current = Path(path)
-            current.parent.mkdir(parents=True, exist_ok=True)
-            tmp = make_temp_file(current, suffix)
-            done.append((tmp, current))
-            writer(tmp)
-        for tmp, target in done:
-            current = target
-            os.replace(tmp, target)
-    except OSError as exc:
-        raise output_error(current, exc) from exc
-    finally:
-        for tmp, _ in done:
-            tmp.unlink(missing_ok=True)
 
 
 def save_nifti(img: nib.Nifti1Image, path: str | os.PathLike) -> None:

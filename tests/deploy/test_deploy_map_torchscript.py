@@ -27,7 +27,7 @@ def export_torchscript(bundle: Path, out: Path) -> Path:
     subprocess.run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(out),
                     "--ckpt_file", str(bundle / "models" / "model.pt"),
                     "--meta_file", str(bundle / "configs" / "metadata.json"),
-                    "--config_file", str(bundle / "configs" / "inference.json")],
+                    "--config_file", str([str(bundle / "configs" / f"{n}.json") for n in ("inference", "deploy")])],
                    check=True, capture_output=True, timeout=300, cwd=out.parent)
     return out
 

@@ -1,9 +1,10 @@
 """The inference post-processing shortcuts give the masks of the plain MONAI steps, in patient coordinates.
 
-* ``BoxInvertd`` (deploy app) resamples only around the foreground; after the threshold its mask must equal
-  ``Invertd`` + ``AsDiscreted`` voxel for voxel, on CT stored in orientations that make the bundle's
-  ``Orientationd`` flip and permute axes and on an oblique (rotated) grid, and it must fall back to ``Invertd``
-  where the shortcut would not be exact; the app's bundle operator really makes the swap.
+* ``BoxInvertd`` (``bundle/scripts/transforms.py``, named in ``inference.json``, so the app and ``monai.bundle
+  run`` both run it) resamples only around the foreground; after the threshold its mask must equal ``Invertd``
+  + ``AsDiscreted`` voxel for voxel, on CT stored in orientations that make the bundle's ``Orientationd`` flip
+  and permute axes and on an oblique (rotated) grid, and it must fall back to ``Invertd`` where the shortcut
+  would not be exact; with ``save_prob`` (the whole probability map is saved) it is the plain ``Invertd``.
 * The spleen selection step of ``bundle/configs/inference.json`` runs on the model grid: islands go, the
   largest component stays, and ``--largest_cc false`` keeps both.
 """
@@ -16,12 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-import deploy_app
-from deploy_app.operators.box_invert import BoxInvertd, swap_thresholded_invertd
-from deploy_app.operators.inference import strip_components, use_bundle_scripts
+from deploy_app.bundle_info import use_bundle_scripts
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-from monai.deploy.operators.monai_bundle_inference_operator import DISALLOW_LOAD_SAVE
 from monai.transforms import AsDiscreted, Compose, Invertd
 from spleenseg.coords import LPS_TO_RAS
 from spleenseg.paths import BUNDLE_DIR
@@ -34,11 +32,18 @@ MODEL_PIXDIM = [4.0, 4.0, 5.0]
 
 
 def bundle_parser(**overrides) -> ConfigParser:
+    use_bundle_scripts(BUNDLE_DIR)  # the configs name the bundle's own ``scripts`` package
     parser = ConfigParser()
     parser.read_config(str(BUNDLE_DIR / "configs" / "inference.json"))
-    parser.config = strip_components(parser.config, DISALLOW_LOAD_SAVE)
     parser.update(overrides)
     return parser
+
+
+def box_invertd() -> type:
+    use_bundle_scripts(BUNDLE_DIR)
+    import scripts.transforms
+
+    return scripts.transforms.BoxInvertd
 
 
 def source_image(orientation: str, feet_first: bool) -> MetaTensor:
@@ -72,27 +77,25 @@ def model_grid_point(image: MetaTensor, fraction: tuple[float, float, float]) ->
 
 
 def invert_both(parser: ConfigParser, orientation: str, feet_first: bool, fraction) -> tuple:
-    """(mask from Invertd + threshold, mask from the swapped chain, source affine, ball centre)."""
+    """(mask from Invertd + threshold, mask from BoxInvertd + threshold, source affine, ball centre)."""
     pre = parser.get_parsed_content("preprocessing")
     pre.transforms = tuple(t for t in pre.transforms if "LoadImage" not in type(t).__name__)
     image = pre({"image": source_image(orientation, feet_first)})["image"]
     centre = model_grid_point(image, fraction)
     prob = MetaTensor(ball_probability(image, centre), affine=image.affine)
 
-    def chain() -> Compose:
-        return Compose([Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False),
-                        AsDiscreted("pred", threshold=0.5)])
-
-    fast = swap_thresholded_invertd(chain())
-    assert isinstance(fast.transforms[0], BoxInvertd)
-    plain = np.asarray(chain()({"pred": prob.clone(), "image": image})["pred"][0]) > 0
+    chain = Compose([Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False),
+                     AsDiscreted("pred", threshold=0.5)])
+    fast = Compose([box_invertd()("pred", transform=pre, orig_keys="image", nearest_interp=False, threshold=0.5),
+                    AsDiscreted("pred", threshold=0.5)])
+    plain = np.asarray(chain({"pred": prob.clone(), "image": image})["pred"][0]) > 0
     swapped = np.asarray(fast({"pred": prob.clone(), "image": image})["pred"][0]) > 0
     return plain, swapped, np.asarray(image.meta["original_affine"], float), centre
 
 
 @pytest.mark.parametrize("orientation,feet_first", [("axial", True), ("coronal", False), ("oblique", False)])
 def test_box_invert_equals_invertd_in_patient_space(orientation, feet_first, caplog):
-    caplog.set_level(logging.INFO, logger="deploy_app.operators.box_invert")
+    caplog.set_level(logging.INFO, logger="scripts.transforms")
     parser = bundle_parser(pixdim=MODEL_PIXDIM)
     plain, swapped, affine, centre = invert_both(parser, orientation, feet_first, (0.5, 0.45, 0.5))
     assert "not exact" not in caplog.text  # the shortcut ran
@@ -105,16 +108,33 @@ def test_box_invert_equals_invertd_in_patient_space(orientation, feet_first, cap
 
 
 def test_box_invert_falls_back_at_the_grid_edge(caplog):
-    caplog.set_level(logging.INFO, logger="deploy_app.operators.box_invert")
+    caplog.set_level(logging.INFO, logger="scripts.transforms")
     plain, swapped, _, _ = invert_both(bundle_parser(pixdim=MODEL_PIXDIM), "axial", False, (0.5, 0.5, 0.0))
     assert "not exact" in caplog.text  # a ball cut by the grid's edge takes the full Invertd
     assert plain.sum() > 0 and np.array_equal(plain, swapped)
 
 
-def test_swap_keeps_invertd_without_a_threshold():
-    pre = bundle_parser().get_parsed_content("preprocessing")
-    chain = Compose([Invertd("pred", transform=pre, orig_keys="image"), AsDiscreted("pred", argmax=True)])
-    assert isinstance(swap_thresholded_invertd(chain).transforms[0], Invertd)
+@pytest.mark.parametrize("save_prob", [False, True])
+def test_inference_json_inverts_with_the_box_unless_the_probability_is_saved(save_prob):
+    post = bundle_parser(save_prob=save_prob).get_parsed_content("postprocessing")
+    names = [type(t).__name__ for t in post.transforms]
+    invert = post.transforms[names.index("BoxInvertd")]
+    assert names.index("BoxInvertd") + (2 if save_prob else 1) == names.index("AsDiscreted")  # a threshold follows
+    assert invert.threshold == (None if save_prob else 0.5)
+
+
+def test_box_invertd_without_a_threshold_is_invertd():
+    pre = bundle_parser(pixdim=MODEL_PIXDIM).get_parsed_content("preprocessing")
+    pre.transforms = tuple(t for t in pre.transforms if "LoadImage" not in type(t).__name__)
+    image = pre({"image": source_image("axial", False)})["image"]
+    prob = MetaTensor(ball_probability(image, model_grid_point(image, (0.5, 0.45, 0.5))), affine=image.affine)
+    plain = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False)
+    box = box_invertd()("pred", transform=pre, orig_keys="image", nearest_interp=False, threshold=None)
+    expected = plain({"pred": prob.clone(), "image": image})["pred"]
+    got = box({"pred": prob.clone(), "image": image})["pred"]
+    assert torch.equal(torch.as_tensor(expected), torch.as_tensor(got))  # the probability kept everywhere
+    outside_ball = int(((got > 0.1) & (got < 0.5)).sum())  # 0.2 around the ball, not zeroed outside a box
+    assert outside_ball > 2 * int((got >= 0.5).sum()) > 0
 
 
 @pytest.mark.parametrize("largest_cc", [True, False])
@@ -132,10 +152,3 @@ def test_largest_component_on_the_model_grid(largest_cc):
     assert pred.shape[0] == 1  # the spleen probability only
     assert bool((pred[0, 5:20, 5:20, 5:20] > 0.5).all())
     assert bool((pred[0, 30:34, 30:34, 30:34] > 0.5).any()) is not largest_cc
-
-
-def test_the_app_swaps_invertd_in_the_bundle_operator(tmp_path, small_series, trained_bundle, caplog):
-    caplog.set_level(logging.INFO, logger="deploy_app.operators.box_invert")
-    result = deploy_app.run(tmp_path / "in", tmp_path / "out", trained_bundle)
-    assert "Invertd of pred runs only around the foreground" in caplog.text
-    assert result.report["series"][0]["spleen_voxels"] > 0
