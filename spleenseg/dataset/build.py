@@ -21,7 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from spleenseg.atomic import atomic_dir, output_error
-from spleenseg.dicom.nifti import save_nifti, write_json
+from spleenseg.dataset.msd import case_entry, write_dataset_json
+from spleenseg.dicom.nifti import save_nifti
 from spleenseg.errors import GeometryError, InputError
 from spleenseg.orientation import check_spleen_left, flip_lr_header
 from spleenseg.paths import refuse_output_in_input
@@ -148,10 +149,6 @@ def split_cases(cases: list[str], val_fraction: float, seed: int) -> tuple[list[
     return sorted(order[: len(order) - n_val]), sorted(order[len(order) - n_val:])
 
 
-def _entry(case: str) -> dict[str, str]:
-    return {"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"}
-
-
 def build_dataset(images: str | os.PathLike, labels: str | os.PathLike, out: str | os.PathLike, *,
                   val_fraction: float = 0.2, seed: int = 0, flip_lr: bool = False, spleen_label: int | None = None,
                   organs: bool = False, name: str = "Task09_Spleen",
@@ -197,16 +194,12 @@ def build_dataset(images: str | os.PathLike, labels: str | os.PathLike, out: str
                        tmp / "labelsTr" / f"{pair.case}.nii.gz")
         for img_path, img in test_images:
             _write_case(img, tmp / "imagesTs" / f"{_stem(img_path)}.nii.gz", img_path, False)
-        meta = {
-            "name": name, "description": description, "tensorImageSize": "3D", "modality": {"0": "CT"},
-            "labels": label_names(organs),
-            "numTraining": len(pairs), "numTest": len(tests),
-            "training": [_entry(c) for c in train], "validation": [_entry(c) for c in val],
-            "test": [f"./imagesTs/{_stem(p)}.nii.gz" for p in tests],
-            "split": {"seed": seed, "val_fraction": val_fraction, "n_train": len(train), "n_val": len(val)},
-            "flipped_lr": flipped,
-        }
-        write_json(meta, tmp / "dataset.json")
+        meta = write_dataset_json(
+            tmp, name=name, description=description, labels=label_names(organs),
+            training=[case_entry(c) for c in train], validation=[case_entry(c) for c in val],
+            test=[f"./imagesTs/{_stem(p)}.nii.gz" for p in tests],
+            split={"seed": seed, "val_fraction": val_fraction, "n_train": len(train), "n_val": len(val)},
+            flipped_lr=flipped)
     log.info("dataset %s: %d training, %d validation, %d test cases", out, len(train), len(val), len(tests))
     return meta
 

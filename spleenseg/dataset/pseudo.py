@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import nibabel as nib
 import numpy as np
 
-from spleenseg.dicom.nifti import write_json
+from spleenseg.dataset.msd import rewrite_dataset_json
 from spleenseg.errors import InputError
 from spleenseg.paths import SHARED_DATA
 
@@ -136,8 +136,7 @@ def add_pseudo_labels(dataset_dir: str | os.PathLike, bundle: str | os.PathLike,
             meta["training"].append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
             record["cases"][case.case] = {**entry, "accepted": True}
     meta["pseudo_labels"] = record
-    meta["numTraining"] = len(meta["training"]) + len(meta.get("validation", []))
-    write_json(meta, meta_path)
+    rewrite_dataset_json(root, meta)
     return record
 
 

@@ -45,8 +45,9 @@ from tqdm import tqdm
 from spleenseg.atomic import atomic_dir
 from spleenseg.coords import LPS_TO_RAS
 from spleenseg.dataset.build import build_dataset, label_names
+from spleenseg.dataset.msd import case_entry, rewrite_dataset_json, write_dataset_json
 from spleenseg.dicom import load_series_volume, to_ras_nifti
-from spleenseg.dicom.nifti import save_nifti, write_json
+from spleenseg.dicom.nifti import save_nifti
 from spleenseg.errors import GeometryError, InputError
 from spleenseg.orientation import spleen_side
 from spleenseg.paths import SHARED_DATA
@@ -183,10 +184,6 @@ def real_cases(root: Path = REAL_CT_DIR, organs: bool = False) -> list[RealCase]
     return [msd_spleen_8(root), ts_abdomen_crop(root, organs)] + [dtu_slab(c, root) for c in DTU_SLABS]
 
 
-def _entry(case: str, folder: str) -> dict[str, str]:
-    return {"image": f"./images{folder}/{case}.nii.gz", "label": f"./labels{folder}/{case}.nii.gz"}
-
-
 def _resplit(root: Path, cases: list[RealCase], held_out: Sequence[str], validation: Sequence[str]) -> dict[str, Any]:
     """Rewrite build_dataset's random split into the documented one; held-out cases move to imagesTs/labelsTs."""
     import json
@@ -202,11 +199,10 @@ def _resplit(root: Path, cases: list[RealCase], held_out: Sequence[str], validat
             os.replace(root / f"{kind}Tr" / f"{name}.nii.gz", root / f"{kind}Ts" / f"{name}.nii.gz")
     train = [n for n in names if n not in held_out and n not in validation]
     meta.update({
-        "training": [_entry(n, "Tr") for n in train],
-        "validation": [_entry(n, "Tr") for n in validation],
+        "training": [case_entry(n, "Tr") for n in train],
+        "validation": [case_entry(n, "Tr") for n in validation],
         "test": [f"./imagesTs/{n}.nii.gz" for n in held_out],
         "test_labels": [f"./labelsTs/{n}.nii.gz" for n in held_out],
-        "numTraining": len(train) + len(validation), "numTest": len(held_out),
         "split": {"rule": "fixed (spleenseg.dataset.real)", "held_out": list(held_out),
                   "validation": list(validation), "training": train},
         "cases": {c.case: {"source": c.source, "phase": c.phase, "notes": c.notes,
@@ -215,8 +211,7 @@ def _resplit(root: Path, cases: list[RealCase], held_out: Sequence[str], validat
                   for c in cases},
         "excluded": {f"dtu_spleen_slab/{k}.dcm": v for k, v in DTU_EXCLUDED.items()},
     })
-    write_json(meta, root / "dataset.json")
-    return meta
+    return rewrite_dataset_json(root, meta)
 
 
 def _check_all_left(root: Path, meta: dict[str, Any]) -> None:
@@ -375,15 +370,12 @@ def build_phantom_dataset(out: str | os.PathLike, n: int = 32, seed: int = 0, n_
             for kind in ("images", "labels"):
                 (tmp / f"{kind}Ts").mkdir(exist_ok=True)
                 os.replace(tmp / f"{kind}Tr" / f"{e['case']}.nii.gz", tmp / f"{kind}Ts" / f"{e['case']}.nii.gz")
-        meta = {
-            "name": "SpleenRealisticPhantoms", "description": "domain-randomised phantoms (spleenseg.dataset.real)",
-            "tensorImageSize": "3D", "modality": {"0": "CT"}, "labels": label_names(organs),
-            "numTraining": len(train) + len(val), "numTest": len(test), "seed": int(seed),
-            "training": [_entry(e["case"], "Tr") for e in train],
-            "validation": [_entry(e["case"], "Tr") for e in val],
-            "test": [f"./imagesTs/{e['case']}.nii.gz" for e in test],
-            "test_labels": [f"./labelsTs/{e['case']}.nii.gz" for e in test],
-            "cases": {e["case"]: {k: v for k, v in e.items() if k != "case"} for e in kept},
-        }
-        write_json(meta, tmp / "dataset.json")
+        meta = write_dataset_json(
+            tmp, name="SpleenRealisticPhantoms", description="domain-randomised phantoms (spleenseg.dataset.real)",
+            labels=label_names(organs), seed=int(seed),
+            training=[case_entry(e["case"], "Tr") for e in train],
+            validation=[case_entry(e["case"], "Tr") for e in val],
+            test=[f"./imagesTs/{e['case']}.nii.gz" for e in test],
+            test_labels=[f"./labelsTs/{e['case']}.nii.gz" for e in test],
+            cases={e["case"]: {k: v for k, v in e.items() if k != "case"} for e in kept})
     return meta
