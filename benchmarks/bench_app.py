@@ -25,7 +25,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -37,44 +36,8 @@ from spleenseg.errors import InputError
 from spleenseg.measure import dice, run_measured
 from spleenseg.paths import BUNDLE_DIR, REPO_ROOT
 
-STOCK_APP = textwrap.dedent('''
-    import sys
-    from pathlib import Path
-    from pydicom.sr.codedict import codes
-    from monai.deploy.conditions import CountCondition
-    from monai.deploy.core import AppContext, Application, Image
-    from monai.deploy.core.io_type import IOType
-    from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
-    from monai.deploy.operators.dicom_seg_writer_operator import DICOMSegmentationWriterOperator, SegmentDescription
-    from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
-    from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
-    from monai.deploy.operators.monai_bundle_inference_operator import (
-        BundleConfigNames, IOMapping, MonaiBundleInferenceOperator)
-    inp, out, model = (Path(a) for a in sys.argv[1:4])
-    RULES = ('{"selections": [{"name": "CT Series", "conditions": {"StudyDescription": "(.*?)", '
-             '"Modality": "(?i)CT", "SeriesDescription": "(.*?)"}}]}')
-    class StockApp(Application):
-        def compose(self):
-            ctx = AppContext({"input": str(inp), "output": str(out), "model": str(model)})
-            loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=inp, name="loader")
-            selector = DICOMSeriesSelectorOperator(self, rules=RULES, name="selector")
-            to_vol = DICOMSeriesToVolumeOperator(self, name="to_vol")
-            infer = MonaiBundleInferenceOperator(
-                self, input_mapping=[IOMapping("image", Image, IOType.IN_MEMORY)],
-                output_mapping=[IOMapping("pred", Image, IOType.IN_MEMORY)], app_context=ctx,
-                bundle_config_names=BundleConfigNames(config_names=["inference"]), name="infer")
-            desc = [SegmentDescription(segment_label="Spleen", segmented_property_category=codes.SCT.Organ,
-                                       segmented_property_type=codes.SCT.Spleen, algorithm_name="spleen",
-                                       algorithm_family=codes.DCM.ArtificialIntelligence, algorithm_version="0")]
-            writer = DICOMSegmentationWriterOperator(self, segment_descriptions=desc, output_folder=out,
-                                                     custom_tags={"SeriesDescription": "AI SEG"}, name="writer")
-            self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
-            self.add_flow(selector, to_vol, {("study_selected_series_list", "study_selected_series_list")})
-            self.add_flow(to_vol, infer, {("image", "image")})
-            self.add_flow(selector, writer, {("study_selected_series_list", "study_selected_series_list")})
-            self.add_flow(infer, writer, {("pred", "seg_image")})
-    StockApp(["stock"]).run()
-''')
+#: The reference chain, a module of its own run in a fresh process.
+STOCK_APP = Path(__file__).with_name("stock_app.py")
 
 
 STUDY_SEED = 3
@@ -150,7 +113,7 @@ def prepare_models(model: Path, work: Path) -> tuple[Path, Path, Path]:
 def app_command(name: str, python: str, study: Path, out: Path, model: Path) -> list[str]:
     """The command a user types: ``python -m deploy_app`` for ours, the stock chain as a script."""
     if name == "stock":
-        return [python, "-c", STOCK_APP, str(study), str(out), str(model)]
+        return [python, str(STOCK_APP), str(study), str(out), str(model)]
     return [python, "-m", "deploy_app", "-i", str(study), "-o", str(out), "-m", str(model)]
 
 

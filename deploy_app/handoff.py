@@ -25,14 +25,15 @@ SERIES_VOLUME, SEG_RESULT = "series_volume", "seg_result"
 
 @dataclass(frozen=True)
 class SeriesVolume:
-    """One selected series, checked and decoded: what the SEG writer and the report need besides the mask.
+    """One selected series, checked: what the SEG writer and the report need besides the mask.
 
-    ``volume`` is highdicom's (slice, row, column) volume with its LPS affine; ``sources[k]`` is the instance
+    ``geometry`` is highdicom's (slice, row, column) grid with its LPS affine, without the voxels (the
+    decoded CT goes to the bundle operator only, and is freed after inference); ``sources[k]`` is the instance
     volume slice ``k`` was read from (so SEG frame ``k`` references it); ``generated_uids`` maps a keyword to
     the UID the loader generated for it (empty unless ``--generate-missing-uids`` filled a blank one).
     """
 
-    volume: hd.Volume
+    geometry: hd.VolumeGeometry
     sources: tuple[pydicom.Dataset, ...]
     selection: str = ""
     generated_uids: dict[str, str] = field(default_factory=dict)
@@ -44,7 +45,7 @@ class SeriesVolume:
     @property
     def affine_lps(self) -> np.ndarray:
         """(slice, row, column) index -> LPS mm."""
-        return np.asarray(self.volume.affine, dtype=np.float64)
+        return np.asarray(self.geometry.affine, dtype=np.float64)
 
 
 @dataclass(frozen=True)

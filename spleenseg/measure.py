@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+#: The bare launcher whose child is measured.
+PEAK_RSS = Path(__file__).with_name("peak_rss.py")
 
 
 @dataclass
@@ -25,19 +28,23 @@ def run_measured(command: list[str], cwd: Path | None = None, env: dict[str, str
     """Run ``command`` to its end; time it from the outside and read its own peak RSS (``wait4``).
 
     The clock runs from the process start to its exit, so interpreter start-up, imports and teardown count, as
-    they do for a user waiting on the command. Raises ``RuntimeError`` with the command's output when it fails.
+    they do for a user waiting on the command. The command is started by :mod:`spleenseg.peak_rss` (a bare
+    interpreter, ~20 ms), so its peak is its own and not this process's (see there). Raises ``RuntimeError``
+    with the command's output when it fails.
     """
-    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty child cannot block on a full pipe
+    with tempfile.TemporaryFile() as log, tempfile.TemporaryDirectory() as tmp:
+        # a file, not a pipe: a chatty child cannot block on a full pipe
+        result = Path(tmp) / "result"
         start = time.perf_counter()
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
+        subprocess.run([sys.executable, "-S", "-I", str(PEAK_RSS), str(result), *command], stdout=log,
+                       stderr=subprocess.STDOUT, cwd=cwd, env=env, check=False)
         wall_s = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
         log.seek(0)
         output = log.read().decode(errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"exit {proc.returncode}: {' '.join(command[:4])} ...\n{output[-3000:]}")
-    return ProcessStats(wall_s=wall_s, peak_rss_mb=usage.ru_maxrss / 1024, output=output)
+        returncode, max_rss_kb = (int(v) for v in result.read_text().split())
+    if returncode != 0:
+        raise RuntimeError(f"exit {returncode}: {' '.join(command[:4])} ...\n{output[-3000:]}")
+    return ProcessStats(wall_s=wall_s, peak_rss_mb=max_rss_kb / 1024, output=output)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

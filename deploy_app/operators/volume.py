@@ -8,7 +8,7 @@ Here geometry comes from highdicom (:mod:`deploy_app.volume_io`) and the image h
 already in MONAI's (column, row, slice) order with its RAS affine, which that operator passes through unchanged.
 
 Each tick emits one series' image (to the bundle operator) and its :class:`~deploy_app.handoff.SeriesVolume`
-(to the SEG writer: the volume, its instances in slice order, which is the SEG's frame order, and the UIDs the
+(to the SEG writer: the volume's grid, its instances in slice order, which is the SEG's frame order, and the UIDs the
 loader generated), so "segment all matching series" flows through the same SDK inference operator one series at
 a time. The SDK's series objects are left as the loader and selector made them.
 """
@@ -83,6 +83,6 @@ class SeriesToVolumeOperator(DICOMSeriesToVolumeOperator):
                  series.SeriesInstanceUID, array.shape, np.round(spacing, 4).tolist())
         uids = {str(ordered[0].StudyInstanceUID), str(series.SeriesInstanceUID)}
         generated = {keyword: uid for uid, keyword in self._generated.items() if uid in uids}
-        return Image(array, metadata), SeriesVolume(volume=volume, sources=tuple(ordered),
+        return Image(array, metadata), SeriesVolume(geometry=volume.get_geometry(), sources=tuple(ordered),
                                                     selection=str(selected.selection_name or ""),
                                                     generated_uids=generated)
