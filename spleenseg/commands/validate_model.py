@@ -26,6 +26,7 @@ import csv
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from spleenseg.cli import run_fire
@@ -51,18 +52,49 @@ def _configs(files: list[str]) -> str:
     return "[" + ",".join(f"'{f}'" for f in files) + "]"
 
 
+def _show(cmd: list[str]) -> str:
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
 def _run(cmd: list[str]) -> None:
-    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    print("$ " + _show(cmd), flush=True)
     if subprocess.run(cmd, cwd=REPO_ROOT).returncode != 0:
         raise InputError(f"command failed: {' '.join(cmd[:6])} ...")
 
 
+def _run_parallel(commands: list[tuple[list[str], Path]], jobs: int) -> None:
+    """Run ``(command, log file)`` pairs, ``jobs`` at a time, each logging to its own file.
+
+    Why: on a GPU machine one fold's training leaves most of the card and the CPU cores idle, so the folds
+    train side by side; their interleaved progress bars would be unreadable, hence one log per command.
+    """
+    pending, running, failed = list(commands), [], []
+    while pending or running:
+        while pending and len(running) < jobs:
+            cmd, log = pending.pop(0)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            print(f"$ {_show(cmd)} > {log}", flush=True)
+            with log.open("w") as f:
+                running.append((subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT), cmd, log))
+        time.sleep(1)
+        for item in [r for r in running if r[0].poll() is not None]:
+            running.remove(item)
+            if item[0].returncode != 0:
+                failed.append(str(item[2]))
+    if failed:
+        raise InputError(f"command failed, see {', '.join(failed)}")
+
+
 def run(out: str = "runs/loo", folds: str | list[str] | None = None, phantoms: int = 34, seed: int = 0,
-        epochs: int | None = None, organs: bool = False, pseudo_model: str | None = None) -> str:
+        epochs: int | None = None, organs: bool = False, pseudo_model: str | None = None,
+        bundle_args: str = "", jobs: int = 1) -> str:
     """Prepare, train and score each fold under OUT/<fold>/ (finished steps are skipped on a rerun).
 
     ``organs``: the experimental multi-organ recipe (``train_organs.json`` layered last, multi-organ labels).
     ``pseudo_model``: add pseudo-labels made by this checkpoint (one fold only: its own first-stage model).
+    ``bundle_args``: more bundle overrides for training and scoring alike, e.g. ``"--a_min -150 --a_max 250"``
+    (a window is part of the model, so scoring needs it too).
+    ``jobs``: folds trained at the same time (a GPU machine); each training then logs to OUT/<fold>/train.log.
     """
     train_cfg = TRAIN + ([ORGANS] if organs else [])
     eval_cfg = train_cfg + [EVALUATE]
@@ -75,12 +107,14 @@ def run(out: str = "runs/loo", folds: str | list[str] | None = None, phantoms: i
         raise InputError(f"unknown fold(s) {unknown}; choose from {list(FOLDS)}")
     if pseudo_model and len(names) != 1:
         raise InputError("--pseudo_model labels for one fold: pass --folds with the fold it was trained for")
+    extra = shlex.split(bundle_args)
     py = sys.executable
     prepare = [py, "-m", "spleenseg.commands.prepare_data"]
     if not (root / "phantoms" / "dataset.json").is_file():
         _run([*prepare, "real_cases", str(root / "_phantoms"), "--phantoms", str(phantoms),
               "--seed", str(seed), *label_args])
         (root / "_phantoms" / "phantoms").rename(root / "phantoms")
+    trainings = []
     for name in names:
         held_out, validation = FOLDS[name]
         fold = root / name
@@ -89,16 +123,24 @@ def run(out: str = "runs/loo", folds: str | list[str] | None = None, phantoms: i
                   "--held-out", held_out, "--validation", validation, *label_args])
             if pseudo_model:
                 _run([*prepare, "pseudo_labels", str(fold / "real"), "--ckpt", pseudo_model])
-        model = fold / "train" / "models" / "model.pt"
-        if not model.is_file():
-            _run([py, "-m", "monai.bundle", "run", "--config_file", _configs(train_cfg), "--dataset_dir",
-                  str(fold / "real"), "--phantom_dir", str(root / "phantoms"), "--output_dir", str(fold / "train"),
-                  *(["--val_datalist", PHANTOM_VALIDATION] if validation == "none" else []),
-                  *(["--epochs", str(epochs)] if epochs else [])])
+        if not (fold / "train" / "models" / "model.pt").is_file():
+            trainings.append(([py, "-m", "monai.bundle", "run", "--config_file", _configs(train_cfg), "--dataset_dir",
+                               str(fold / "real"), "--phantom_dir", str(root / "phantoms"), "--output_dir",
+                               str(fold / "train"),
+                               *(["--val_datalist", PHANTOM_VALIDATION] if validation == "none" else []),
+                               *(["--epochs", str(epochs)] if epochs else []), *extra], fold / "train.log"))
+    if jobs > 1:
+        _run_parallel(trainings, jobs)
+    else:
+        for cmd, _ in trainings:
+            _run(cmd)
+    for name in names:
+        fold = root / name
         if not (fold / "eval" / "metrics_per_case.csv").is_file():
             _run([py, "-m", "monai.bundle", "run", "--config_file", _configs(eval_cfg), "--eval_split", "test",
                   "--dataset_dir", str(fold / "real"), "--phantom_dir", str(root / "phantoms"),
-                  "--ckpt_path", str(model), "--output_dir", str(fold / "eval"), "--largest_cc", "true"])
+                  "--ckpt_path", str(fold / "train" / "models" / "model.pt"), "--output_dir", str(fold / "eval"),
+                  "--largest_cc", "true", *extra])
     return summary(out)
 
 

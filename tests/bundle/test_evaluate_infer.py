@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -81,6 +82,34 @@ def test_evaluate_csv_has_every_metric_in_label_space(trained_run: TrainRun, tmp
     for name in METRICS:  # MONAI's own per-metric files are there too
         assert (out / f"{name}_raw.csv").is_file()
     assert {line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()} == set(METRICS)
+
+
+def _eval_rows(run: TrainRun, dataset_dir: Path, out: Path) -> list[dict[str, str]]:
+    run_bundle(["run", "--config_file", config_arg("train", "evaluate"), "--dataset_dir", str(dataset_dir),
+                "--ckpt_dir", str(run.ckpt_dir), "--output_dir", str(out), "--eval_split", "test", *TINY])
+    with (out / "metrics_per_case.csv").open() as fh:
+        return [r for r in csv.DictReader(fh) if r["case"] not in ("mean", "std", "median")]
+
+
+def test_evaluate_scores_the_spleen_of_a_multi_organ_reference(trained_run: TrainRun, tmp_path: Path) -> None:
+    """A reference that also labels the liver (2) and a kidney (3), as the multi-organ data has, is scored on the
+    spleen alone: every metric equals the spleen-only reference's (it used to fail one-hot encoding)."""
+    organs = tmp_path / "organs"
+    shutil.copytree(trained_run.dataset_dir, organs)
+    meta = json.loads((organs / "dataset.json").read_text())
+    for label_file in meta["test_labels"]:
+        img = nib.load(organs / label_file)
+        lab = np.asarray(img.dataobj).astype(np.uint8)
+        free = np.argwhere(lab == 0)
+        lab[tuple(free[: len(free) // 3].T)] = 2  # a liver on the first third of the background voxels
+        lab[tuple(free[-len(free) // 10:].T)] = 3
+        nib.save(nib.Nifti1Image(lab, img.affine), organs / label_file)
+    spleen_only = _eval_rows(trained_run, trained_run.dataset_dir, tmp_path / "spleen")
+    multi = _eval_rows(trained_run, organs, tmp_path / "multi")
+    assert len(multi) == len(spleen_only) == len(meta["test"])
+    for a, b in zip(spleen_only, multi):
+        for name in METRICS:
+            assert float(b[name]) == pytest.approx(float(a[name]), rel=1e-5, abs=1e-6), name
 
 
 def test_inference_grid_and_left_side_for_ras_lps_oblique(trained_run: TrainRun, tmp_path: Path) -> None:
