@@ -145,14 +145,19 @@ def real_cases(out: str, phantoms: int = 32, seed: int = 0, real_ct: str | None 
     return msg
 
 
-def pseudo_labels(dataset: str, ckpt: str, bundle: str | None = None, real_ct: str | None = None) -> str:
+def pseudo_labels(dataset: str, ckpt: str, bundle: str | None = None, real_ct: str | None = None,
+                  bundle_args: str = "") -> str:
     """Segment the unlabelled real CT of ../shared/data/real_ct with BUNDLE's inference.json and CKPT, and add
     each mask the QA raises no flag on (a cut field of view is tolerated) to DATASET's training list as
-    pseudo_<case>. Patients held out in DATASET are skipped; CKPT must not have trained on them."""
+    pseudo_<case>. Patients held out in DATASET are skipped; CKPT must not have trained on them.
+    --bundle_args: the overrides CKPT was trained with, e.g. "--a_min -150 --a_max 250"."""
+    import shlex
+
     from spleenseg.dataset.pseudo import add_pseudo_labels
     from spleenseg.paths import BUNDLE_DIR, SHARED_DATA
 
-    record = add_pseudo_labels(dataset, bundle or BUNDLE_DIR, ckpt, real_ct=real_ct or SHARED_DATA / "real_ct")
+    record = add_pseudo_labels(dataset, bundle or BUNDLE_DIR, ckpt, real_ct=real_ct or SHARED_DATA / "real_ct",
+                               bundle_args=shlex.split(bundle_args))
     lines = [f"{dataset}/dataset.json: pseudo-labels from {ckpt}"]
     for case, r in record["cases"].items():
         lines.append(f"  {case}: " + ("added" if r["accepted"] else f"rejected ({r['reason']})")

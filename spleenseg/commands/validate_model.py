@@ -122,7 +122,8 @@ def run(out: str = "runs/loo", folds: str | list[str] | None = None, phantoms: i
             _run([*prepare, "real_cases", str(fold), "--phantoms", "0",
                   "--held-out", held_out, "--validation", validation, *label_args])
             if pseudo_model:
-                _run([*prepare, "pseudo_labels", str(fold / "real"), "--ckpt", pseudo_model])
+                _run([*prepare, "pseudo_labels", str(fold / "real"), "--ckpt", pseudo_model,
+                      *([f"--bundle_args={bundle_args}"] if bundle_args else [])])
         if not (fold / "train" / "models" / "model.pt").is_file():
             trainings.append(([py, "-m", "monai.bundle", "run", "--config_file", _configs(train_cfg), "--dataset_dir",
                                str(fold / "real"), "--phantom_dir", str(root / "phantoms"), "--output_dir",

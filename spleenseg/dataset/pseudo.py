@@ -69,11 +69,15 @@ def eligible(held_out: Sequence[str], cases: Sequence[UnlabelledCase] = UNLABELL
     return [c for c in cases if c.patient not in excluded]
 
 
-def label_with_bundle(image: Path, out_dir: Path, bundle: Path, ckpt: Path) -> tuple[Path, dict[str, Any]]:
-    """Segment ``image`` with ``bundle``'s ``inference.json`` and ``ckpt``; returns the mask and its QA dict."""
+def label_with_bundle(image: Path, out_dir: Path, bundle: Path, ckpt: Path,
+                      bundle_args: Sequence[str] = ()) -> tuple[Path, dict[str, Any]]:
+    """Segment ``image`` with ``bundle``'s ``inference.json`` and ``ckpt``; returns the mask and its QA dict.
+
+    ``bundle_args``: overrides the model was trained with (a window such as ``--a_min -150 --a_max 250``).
+    """
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
            "--bundle_root", str(bundle), "--ckpt_path", str(ckpt), "--input_file", str(image),
-           "--output_dir", str(out_dir)]
+           "--output_dir", str(out_dir), *bundle_args]
     log.info("$ %s", " ".join(cmd))
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -99,7 +103,8 @@ def rejection(qa: dict[str, Any], tolerated: Sequence[str] = TOLERATED_FLAGS) ->
 
 def add_pseudo_labels(dataset_dir: str | os.PathLike, bundle: str | os.PathLike, ckpt: str | os.PathLike, *,
                       real_ct: str | os.PathLike = SHARED_DATA / "real_ct",
-                      cases: Sequence[UnlabelledCase] | None = None) -> dict[str, Any]:
+                      cases: Sequence[UnlabelledCase] | None = None,
+                      bundle_args: Sequence[str] = ()) -> dict[str, Any]:
     """Label the eligible unlabelled CT and append the accepted ones to ``dataset_dir``'s training list.
 
     ``dataset_dir`` is a ``real_cases`` dataset (its ``split.held_out`` decides which patients are excluded).
@@ -116,12 +121,14 @@ def add_pseudo_labels(dataset_dir: str | os.PathLike, bundle: str | os.PathLike,
     held_out = meta.get("split", {}).get("held_out", [])
     chosen = eligible(held_out, UNLABELLED if cases is None else cases)
     record: dict[str, Any] = {"model": str(ckpt), "held_out": held_out, "cases": {}}
+    if bundle_args:
+        record["bundle_args"] = list(bundle_args)
     with tempfile.TemporaryDirectory(prefix=".pseudo-", dir=root) as tmp:
         for case in chosen:
             image = real_ct / case.file
             if not image.is_file():
                 raise InputError(f"{image}: unlabelled real CT file is missing (see ../shared/data/README.md)")
-            mask, qa = label_with_bundle(image, Path(tmp) / case.case, bundle, ckpt)
+            mask, qa = label_with_bundle(image, Path(tmp) / case.case, bundle, ckpt, bundle_args)
             _check_same_grid(image, mask)
             why = rejection(qa)
             entry = {"source": case.file, "patient": case.patient, "volume_ml": qa.get("spleen_volume_ml"),

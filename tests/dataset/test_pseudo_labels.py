@@ -84,3 +84,19 @@ def test_cli_names_a_missing_checkpoint_and_exits_2(tmp_path: Path, shared_data:
                            str(dataset), "--ckpt", str(tmp_path / "nope.pt")], capture_output=True, text=True)
     assert done.returncode == 2, done.stderr
     assert "nope.pt: checkpoint not found" in done.stderr.strip().splitlines()[-1]
+
+
+def test_cli_passes_the_model_overrides_to_the_labelling_run(tmp_path: Path, shared_data: Path) -> None:
+    """--bundle_args reaches inference.json (a model trained with another window must label with it): an
+    override that names no bundle key is refused there, in one line that names it, and nothing is added."""
+    dataset = tmp_path / "real"
+    build_real_dataset(dataset, shared_data / "real_ct", progress=False)
+    before = (dataset / "dataset.json").read_text()
+    done = subprocess.run([sys.executable, "-m", "spleenseg.commands.prepare_data", "pseudo_labels",
+                           str(dataset), "--ckpt", str(CKPT), "--bundle_args=--a_min -150 --a_maxx 250"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "bundle inference failed" in last and "a_maxx" in last, last
+    assert (dataset / "dataset.json").read_text() == before
+    assert not list((dataset / "labelsTr").glob("pseudo_*"))
