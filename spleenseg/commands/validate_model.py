@@ -75,12 +75,12 @@ def _run_parallel(commands: list[tuple[list[str], Path]], jobs: int) -> None:
             log.parent.mkdir(parents=True, exist_ok=True)
             print(f"$ {_show(cmd)} > {log}", flush=True)
             with log.open("w") as f:
-                running.append((subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT), cmd, log))
+                running.append((subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT), log))
         time.sleep(1)
-        for item in [r for r in running if r[0].poll() is not None]:
-            running.remove(item)
-            if item[0].returncode != 0:
-                failed.append(str(item[2]))
+        for proc, log in [r for r in running if r[0].poll() is not None]:
+            running.remove((proc, log))
+            if proc.returncode != 0:
+                failed.append(str(log))
     if failed:
         raise InputError(f"command failed, see {', '.join(failed)}")
 
