@@ -8,7 +8,8 @@ pytorch-ignite), so inference runs with only what inference needs installed.
 
 import importlib
 
-__all__ = ["datalist", "errors", "inference", "metrics", "orientation", "partial_labels", "training", "transforms"]
+__all__ = ["augment", "datalist", "errors", "inference", "metrics", "orientation", "partial_labels", "training",
+           "transforms"]
 
 
 def __getattr__(name: str):

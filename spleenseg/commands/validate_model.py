@@ -87,7 +87,7 @@ def _run_parallel(commands: list[tuple[list[str], Path]], jobs: int) -> None:
 
 def run(out: str = "runs/loo", folds: str | list[str] | None = None, phantoms: int = 34, seed: int = 0,
         epochs: int | None = None, organs: bool = False, pseudo_model: str | None = None,
-        bundle_args: str = "", jobs: int = 1) -> str:
+        bundle_args: str = "", jobs: int = 1, overlay: str | list[str] = "") -> str:
     """Prepare, train and score each fold under OUT/<fold>/ (finished steps are skipped on a rerun).
 
     ``organs``: the experimental multi-organ recipe (``train_organs.json`` layered last, multi-organ labels).
@@ -95,8 +95,14 @@ def run(out: str = "runs/loo", folds: str | list[str] | None = None, phantoms: i
     ``bundle_args``: more bundle overrides for training and scoring alike, e.g. ``"--a_min -150 --a_max 250"``
     (a window is part of the model, so scoring needs it too).
     ``jobs``: folds trained at the same time (a GPU machine); each training then logs to OUT/<fold>/train.log.
+    ``overlay``: more config files layered after ``train_real.json`` for training and scoring alike, e.g.
+    ``bundle/configs/train_realaug.json`` (comma-separated for several).
     """
-    train_cfg = TRAIN + ([ORGANS] if organs else [])
+    overlays = [o for item in ([overlay] if isinstance(overlay, str) else overlay) for o in str(item).split(",") if o]
+    missing = [o for o in overlays if not Path(o).is_file()]
+    if missing:
+        raise InputError(f"{missing[0]}: no such config file (--overlay)")
+    train_cfg = TRAIN + [str(Path(o).resolve()) for o in overlays] + ([ORGANS] if organs else [])
     eval_cfg = train_cfg + [EVALUATE]
     label_args = ["--organs", "true"] if organs else []
     root = Path(out)
