@@ -53,24 +53,29 @@ def find_resume_checkpoint(resume: Any, state_dir: str | os.PathLike) -> str | N
 
 
 class SaverState:
-    """The best-model tracking of a ``CheckpointSaver`` and of the validation evaluator, as one state object.
+    """The best-model tracking of the validation evaluator and its ``CheckpointSaver``, as one state object.
 
     Stored inside the full-state checkpoint so that after ``--resume`` the first validation does not
     overwrite ``models/model.pt`` with a worse model (the saver would otherwise forget the best score), and the
     log's "best value ... at epoch" line still names the best epoch of the whole run, not of the resumed part.
-    ``saver`` is ``None`` where the config disables it (ranks other than 0): nothing to save or restore there.
+    The state comes from the evaluator's public ``best_metric``/``best_metric_epoch``; the saver is given it back
+    through its public ``load_state_dict`` as ignite's ``Checkpoint`` list of ``(priority, file name)``: one
+    entry, ``model.pt`` with the best score (the saver keeps one best model). ``saver`` is ``None`` where the
+    config disables it (ranks other than 0): nothing to save or restore there.
     """
 
-    def __init__(self, saver: Any, evaluator: Any = None) -> None:
+    def __init__(self, saver: Any, evaluator: Any = None, filename: str = "model.pt") -> None:
         self.saver = saver
         self.evaluator = evaluator
+        self.filename = filename
 
     def state_dict(self) -> dict:
-        ckpt = getattr(self.saver, "_key_metric_checkpoint", None)
-        state = ckpt.state_dict() if ckpt is not None else {}
-        if self.evaluator is not None:
-            state["evaluator_best"] = [float(self.evaluator.state.best_metric),
-                                       int(self.evaluator.state.best_metric_epoch)]
+        if self.saver is None or self.evaluator is None:
+            return {}
+        best, epoch = float(self.evaluator.state.best_metric), int(self.evaluator.state.best_metric_epoch)
+        state: dict = {"evaluator_best": [best, epoch]}
+        if epoch > 0:  # a validation has run and the saver wrote the best model
+            state["_saved"] = [(best, self.filename)]
         return state
 
     def load_state_dict(self, state: dict) -> None:

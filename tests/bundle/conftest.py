@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle_util import TrainRun, train
+from testkit.bundle import TrainRun, train
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from bundle_util import bundle_scripts
+from testkit.bundle import bundle_scripts
 
 aug = bundle_scripts("augment")
 A_MIN, A_MAX = -57.0, 164.0

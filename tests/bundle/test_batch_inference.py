@@ -18,7 +18,7 @@ import numpy as np
 import psutil
 import pytest
 
-from bundle_util import TINY, TrainRun, bundle_scripts, config_arg, run_bundle
+from testkit.bundle import TINY, TrainRun, bundle_scripts, config_arg, run_bundle
 
 from spleenseg.paths import REPO_ROOT
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle_util import bundle_scripts
+from testkit.bundle import bundle_scripts
 
 # the bundle's own error class: the bundle never imports the spleenseg library
 InputError = bundle_scripts("errors").InputError

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from monai.transforms import LoadImaged
 
-from bundle_util import bundle_scripts
+from testkit.bundle import bundle_scripts
 from spleenseg.orientation import OrientationWarning
 
 

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bundle_util import TINY, TrainRun, config_arg, run_bundle
+from testkit.bundle import TINY, TrainRun, config_arg, run_bundle
 from spleenseg.measure import dice
 
 METRICS = ["val_mean_dice", "val_hd95_mm", "val_surface_dice_1mm", "val_pred_volume_ml", "val_ref_volume_ml"]

@@ -8,7 +8,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from spleenseg.paths import BUNDLE_DIR
-from bundle_util import CONFIGS, TrainRun, run_bundle
+from testkit.bundle import CONFIGS, TrainRun, run_bundle
 
 
 def test_ckpt_export_and_verify_net_in_out(trained_run: TrainRun, tmp_path: Path) -> None:

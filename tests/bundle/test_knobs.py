@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigParser
 
-from bundle_util import CONFIGS, TINY, config_arg, run_bundle
+from testkit.bundle import CONFIGS, TINY, config_arg, run_bundle
 
 #: (value on the command line after fire's parsing, what it means)
 CLI_VALUES = [("false", False), ("FALSE", False), ("no", False), (0, False), (False, False),

@@ -10,7 +10,7 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 
-from bundle_util import bundle_scripts
+from testkit.bundle import bundle_scripts
 
 pl = bundle_scripts("partial_labels")
 

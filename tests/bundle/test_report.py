@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bundle_util import TINY, TrainRun
+from testkit.bundle import TINY, TrainRun
 from spleenseg.errors import InputError
 from spleenseg.measure import dice
 from spleenseg.paths import BUNDLE_DIR, REPO_ROOT

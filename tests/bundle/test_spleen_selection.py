@@ -20,7 +20,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from scipy import ndimage
 
-from bundle_util import CONFIGS, TINY, TrainRun, bundle_scripts, config_arg, run_bundle
+from testkit.bundle import CONFIGS, TINY, TrainRun, bundle_scripts, config_arg, run_bundle
 from spleenseg.orientation import flip_lr_affine
 
 FLAGS = ["no_spleen", "implausible_volume", "several_candidates", "candidate_right", "fov_cut", "low_confidence",

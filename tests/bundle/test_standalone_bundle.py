@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bundle_util import TINY
+from testkit.bundle import TINY
 from spleenseg.paths import BUNDLE_DIR
 
 #: Python code run instead of ``python -m monai.bundle``/``python -c``: the library is unimportable (its

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from spleenseg.paths import BUNDLE_DIR
-from bundle_util import TRAIN_TINY, TrainRun, bundle_scripts, config_arg, run_bundle
+from testkit.bundle import TRAIN_TINY, TrainRun, bundle_scripts, config_arg, run_bundle
 
 _training = bundle_scripts("training")
 
@@ -90,6 +90,37 @@ def test_saver_state_without_saver_is_a_no_op() -> None:
     state = _training.SaverState(None)
     assert state.state_dict() == {}
     state.load_state_dict({"_saved": [(0.9, "model.pt")]})  # what rank 0 saved; nothing to restore it into
+
+
+def test_saver_state_restores_the_best_score_so_a_worse_model_never_overwrites_model_pt(tmp_path: Path) -> None:
+    """The state comes from the evaluator's public best metric and goes back through the saver's public
+    ``load_state_dict``: after a resume a worse validation leaves ``model.pt`` alone, a better one replaces it."""
+    from ignite.engine import Engine
+    from monai.handlers import CheckpointSaver
+
+    net = torch.nn.Linear(2, 1)
+    evaluator = Engine(lambda engine, batch: None)
+    evaluator.state.best_metric, evaluator.state.best_metric_epoch = 0.9, 2
+    state = _training.SaverState(object(), evaluator).state_dict()
+    assert state == {"evaluator_best": [0.9, 2], "_saved": [(0.9, "model.pt")]}
+
+    saver = CheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True,
+                            key_metric_filename="model.pt")
+    fresh = Engine(lambda engine, batch: None)
+    _training.SaverState(saver, fresh).load_state_dict(state)
+    assert (fresh.state.best_metric, fresh.state.best_metric_epoch) == (0.9, 2)
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"best so far")
+
+    def validate(score: float, epoch: int) -> None:
+        fresh.state.metrics, fresh.state.key_metric_name = {"val_mean_dice": score}, "val_mean_dice"
+        fresh.state.epoch = fresh.state.iteration = epoch
+        saver.metrics_completed(fresh)
+
+    validate(0.5, 3)
+    assert model.read_bytes() == b"best so far"
+    validate(0.95, 4)
+    assert set(torch.load(model, weights_only=True)) == {"weight", "bias"}
 
 
 def test_resume_without_checkpoint_is_an_error(tiny_cohort: Path, tmp_path: Path) -> None:

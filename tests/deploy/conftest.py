@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from constant_model import constant_output_bundle
-from deploy_helpers import PATIENT_A_SEED, PATIENT_B_SEED, cropped_phantom
+from testkit.constant_model import constant_output_bundle
+from testkit.deploy import PATIENT_A_SEED, PATIENT_B_SEED, cropped_phantom
 from spleenseg.paths import BUNDLE_DIR
 from spleenseg.phantom import Phantom, write_dicom_series, write_non_ct_series, write_scout
 

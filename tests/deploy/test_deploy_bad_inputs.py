@@ -13,7 +13,7 @@ import pytest
 import deploy_app
 from spleenseg.errors import GeometryError, InputError
 from spleenseg.phantom import write_non_ct_series, write_scout
-from deploy_helpers import PATIENT_B_SEED, assert_nothing_written, cropped_phantom
+from testkit.deploy import PATIENT_B_SEED, assert_nothing_written, cropped_phantom
 
 
 def run_expecting(error: type, match: str, inp: Path, out: Path, model: Path, **opts) -> InputError:

@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from deploy_helpers import dciodvfy_errors, dice, label_at_frames, seg_frames
+from testkit.deploy import dciodvfy_errors, dice, label_at_frames, seg_frames
 
 VENV_BIN = Path(sys.executable).parent
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -171,7 +171,7 @@ def test_scout_stored_inside_the_ct_series_is_left_out(tmp_path, small_series, u
 
     import deploy_app
     from spleenseg.phantom import write_scout
-    from deploy_helpers import PATIENT_B_SEED, cropped_phantom
+    from testkit.deploy import PATIENT_B_SEED, cropped_phantom
 
     scout_path = write_scout(cropped_phantom(PATIENT_B_SEED), tmp_path / "scout")
     scout = pydicom.dcmread(scout_path)

@@ -14,7 +14,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
 import deploy_app
-from deploy_helpers import dciodvfy_errors
+from testkit.deploy import dciodvfy_errors
 from spleenseg.errors import InputError
 from spleenseg.paths import REPO_ROOT
 

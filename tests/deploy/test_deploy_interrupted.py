@@ -38,7 +38,7 @@ def test_two_runs_into_one_output_folder_keep_both_reports(tmp_path: Path, small
 
     import deploy_app
     import pydicom
-    from deploy_helpers import PATIENT_A_SEED, cropped_phantom
+    from testkit.deploy import PATIENT_A_SEED, cropped_phantom
     from spleenseg.phantom import write_dicom_series
 
     other = write_dicom_series(cropped_phantom(PATIENT_A_SEED), tmp_path / "in2")

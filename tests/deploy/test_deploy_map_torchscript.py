@@ -19,7 +19,7 @@ import yaml
 
 import deploy_app
 from spleenseg.paths import REPO_ROOT
-from deploy_helpers import dice, seg_frames
+from testkit.deploy import dice, seg_frames
 
 
 def export_torchscript(bundle: Path, out: Path) -> Path:

@@ -12,7 +12,7 @@ import pytest
 import deploy_app
 from spleenseg.dicom.scan import scan_dicom
 from spleenseg.errors import InputError
-from deploy_helpers import assert_nothing_written, dciodvfy_errors
+from testkit.deploy import assert_nothing_written, dciodvfy_errors
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from deploy_helpers import seg_frames
+from testkit.deploy import seg_frames
 from spleenseg.paths import REPO_ROOT
 
 JS_DIR = REPO_ROOT / "tests" / "js"

@@ -1,4 +1,4 @@
-"""Fixtures for the DICOM tests (helpers live in ``dicomtest_helpers``)."""
+"""Fixtures for the DICOM tests (helpers live in ``testkit.dicom``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dicomtest_helpers import DCM2NIIX
+from testkit.dicom import DCM2NIIX
 
 
 @pytest.fixture(scope="session")

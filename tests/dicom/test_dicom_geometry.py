@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicomtest_helpers import assert_same_volume, run_dcm2niix, sample_onto
+from testkit.dicom import assert_same_volume, run_dcm2niix, sample_onto
 
 from spleenseg.dicom import load_series_volume, scan_dicom, to_ras_nifti
 from spleenseg.errors import GeometryError

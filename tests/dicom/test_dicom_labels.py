@@ -10,7 +10,7 @@ import nibabel as nib
 import nrrd
 import numpy as np
 import pytest
-from dicomtest_helpers import assert_same_volume
+from testkit.dicom import assert_same_volume
 
 from spleenseg.dicom import load_series_volume, read_seg_labels, scan_dicom, to_ras_nifti
 from spleenseg.dicom.convert import labels_to_nifti

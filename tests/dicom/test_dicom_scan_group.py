@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicomtest_helpers import assert_same_volume
+from testkit.dicom import assert_same_volume
 
 from spleenseg.dicom import load_series_volume, scan_dicom, to_ras_nifti
 from spleenseg.dicom.convert import convert_folder, group_folder

@@ -16,7 +16,7 @@ import pytest
 from spleenseg.dicom import load_series_volume, scan_dicom, to_ras_nifti
 from spleenseg.phantom import make_phantom, random_spec, write_dicom_series
 
-from dicomtest_helpers import assert_same_volume, run_dcm2niix
+from testkit.dicom import assert_same_volume, run_dcm2niix
 
 CONVERSION = "conversion"
 

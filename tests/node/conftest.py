@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from node_helpers import (EXAMPLE_ORTHANC, MODALITY, NODE_AET, ORTHANC_AET, ORTHANC_BIN, TEST_PIPELINE,
+from testkit.node import (EXAMPLE_ORTHANC, MODALITY, NODE_AET, ORTHANC_AET, ORTHANC_BIN, TEST_PIPELINE,
                           NodeProcess, Orthanc, _http_ok, free_port, wait_for, write_ct_study)
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from constant_model import constant_output_bundle
-from node_helpers import dciodvfy_errors, free_port, send_study_from_orthanc, wait_for, wait_for_seg
+from testkit.constant_model import constant_output_bundle
+from testkit.node import dciodvfy_errors, free_port, send_study_from_orthanc, wait_for, wait_for_seg
 from spleenseg.paths import BUNDLE_DIR
 
 

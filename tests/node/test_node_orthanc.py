@@ -1,7 +1,7 @@
 """The DICOM node against a real Orthanc: round trip, destination down, crash and restart, rejection, failure.
 
 Each test starts Orthanc and ``python -m deploy_app.node`` as real processes on 127.0.0.1 (see conftest.py);
-the pipeline is the small threshold SEG writer in ``node_seg_pipeline.py`` so the tests stay fast.
+the pipeline is the small threshold SEG writer in ``node_pipeline.py`` so the tests stay fast.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import requests
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from node_helpers import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, NODE_AET, SIZE, SLICES, c_store, c_store_then_abort,
+from testkit.node import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, NODE_AET, SIZE, SLICES, c_store, c_store_then_abort,
                           dciodvfy_errors, free_port, send_study_from_orthanc, slice_z, wait_for, wait_for_seg,
                           write_ct_study)
 from spleenseg.paths import REPO_ROOT

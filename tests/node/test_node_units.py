@@ -23,8 +23,8 @@ from deploy_app.node.sender import dicom_files
 from deploy_app.node.status import StatusServer
 from spleenseg.errors import InputError
 
-import node_seg_pipeline
-from node_helpers import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, NODE_AET, SIZE, SPACING, TEST_PIPELINE, THICKNESS,
+from testkit import node_pipeline
+from testkit.node import (BLOB_COLS, BLOB_ROWS, BLOB_SLICES, NODE_AET, SIZE, SPACING, TEST_PIPELINE, THICKNESS,
                           dciodvfy_errors, free_port, write_ct_study)
 
 
@@ -154,8 +154,8 @@ def _runner(tmp_path: Path, func: object, timeout: float = 60, **options: object
 
 
 @pytest.mark.parametrize("func, expected", [
-    (node_seg_pipeline.failing, "InputError: "),
-    ("node_seg_pipeline:crashing", "exit code 139"),
+    (node_pipeline.failing, "InputError: "),
+    ("testkit.node_pipeline:crashing", "exit code 139"),
 ])
 def test_pipeline_failure_is_a_clear_reason(tmp_path: Path, func: object, expected: str) -> None:
     runner, job = _runner(tmp_path, func)
@@ -168,7 +168,7 @@ def test_pipeline_failure_is_a_clear_reason(tmp_path: Path, func: object, expect
 
 
 def test_pipeline_timeout_kills_the_run(tmp_path: Path) -> None:
-    runner, job = _runner(tmp_path, "node_seg_pipeline:sleeping", timeout=3)
+    runner, job = _runner(tmp_path, "testkit.node_pipeline:sleeping", timeout=3)
     with pytest.raises(PipelineError, match="did not finish within job_timeout_seconds=3; killed"):
         runner.run(job / "input", job / "out", job / "job.log")
 
@@ -509,7 +509,7 @@ def test_a_second_seg_of_a_series_takes_the_first_ones_uids(tmp_path: Path) -> N
     segs = []
     for run in ("a", "b", "c"):
         (tmp_path / run).mkdir()
-        node_seg_pipeline.threshold_seg(str(ct["files"][0].parent), str(tmp_path / run))
+        node_pipeline.threshold_seg(str(ct["files"][0].parent), str(tmp_path / run))
         segs.append(tmp_path / run / "seg.dcm")
     first = pydicom.dcmread(segs[0])
     registry = ResultRegistry(tmp_path / "seg_series.json")

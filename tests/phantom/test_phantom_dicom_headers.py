@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_checks import dciodvfy_errors
+from testkit.dicom_checks import dciodvfy_errors
 from spleenseg.errors import InputError
 from spleenseg.phantom import make_phantom, random_spec, write_dicom_series, write_dicom_study
 

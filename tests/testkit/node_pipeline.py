@@ -5,7 +5,7 @@ pipeline that runs in ~1 s keeps them fast. It still builds the SEG with highdic
 checks the series geometry like the app does, and fails loudly on a broken series, so the round trip through
 Orthanc is real. Like the app it writes ``spleen_report.json`` (volume and a QA block) and, when nothing is
 above the threshold, no SEG and a result with no SEG files (the node's "nothing to send"). Imported by the
-node's pipeline child process (``node_seg_pipeline:threshold_seg``).
+node's pipeline child process (``testkit.node_pipeline:threshold_seg``).
 """
 
 from __future__ import annotations

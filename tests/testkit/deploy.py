@@ -1,4 +1,4 @@
-"""Helpers shared by the deploy app tests (imported as ``deploy_helpers``; fixtures live in conftest.py)."""
+"""Helpers shared by the deploy app tests (``testkit.deploy``; fixtures live in tests/deploy/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
-from dicom_checks import dciodvfy_errors  # noqa: F401  (the tests import these from here)
+from testkit.dicom_checks import dciodvfy_errors  # noqa: F401  (the tests import these from here)
 from spleenseg.measure import dice  # noqa: F401
 from spleenseg.phantom import Phantom, label_on_frame, make_phantom, random_spec
 

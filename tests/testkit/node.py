@@ -25,12 +25,13 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from dicom_checks import dciodvfy_errors  # noqa: F401  (the node tests import it from here)
+from testkit.dicom_checks import dciodvfy_errors  # noqa: F401  (the node tests import it from here)
 from spleenseg.paths import REPO_ROOT
 
 ORTHANC_BIN = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-HERE = Path(__file__).resolve().parent
-TEST_PIPELINE = "node_seg_pipeline:threshold_seg"
+#: tests/, the folder that holds ``testkit``: the node's pipeline child process imports the test pipeline from it
+TESTS_DIR = Path(__file__).resolve().parent.parent
+TEST_PIPELINE = "testkit.node_pipeline:threshold_seg"
 ORTHANC_AET = "ORTHANC"
 NODE_AET = "SPLEENSEG"
 #: The Orthanc config shown in the README; tests start from it so the example stays right.
@@ -170,7 +171,7 @@ class NodeProcess:
     prefix: tuple[str, ...] = ()
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(REPO_ROOT)]), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), str(REPO_ROOT)]), PYTHONUNBUFFERED="1")
         self.log_path = self.work_dir.parent / f"node-stderr-{self.starts}.log"
         self.starts += 1
         command = [*self.prefix, sys.executable, "-m", "deploy_app.node", "--config", str(self.config_path)]
