@@ -8,7 +8,6 @@ folder. A glob pairs images and labels by sort order and silently mis-pairs when
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 from typing import Any
@@ -80,11 +79,13 @@ def read_dataset(dataset_dir: str | Path) -> dict[str, list[Any]]:
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Deterministic train/validation split: the same ``seed`` and ``n`` always give the same cases.
 
-    At least one validation case (when ``n >= 2``) so the best-model checkpoint always has a score.
+    ``round(n * val_fraction)`` cases validate, as the project's dataset writers split
+    (``spleenseg.dataset.msd.split_cases``; the bundle imports no project code), but at least one (when
+    ``n >= 2``) so the best-model checkpoint always has a score.
     """
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    n_val = min(max(1, math.ceil(n * val_fraction)), n - 1) if n >= 2 else 0
+    n_val = min(max(1, int(round(n * val_fraction))), n - 1) if n >= 2 else 0
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 

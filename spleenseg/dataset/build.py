@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from spleenseg.atomic import atomic_dir, output_error
-from spleenseg.dataset.msd import case_entry, write_dataset_json
+from spleenseg.dataset.msd import case_entry, split_cases, write_dataset_json
 from spleenseg.dicom.nifti import save_nifti
 from spleenseg.errors import GeometryError, InputError
 from spleenseg.orientation import check_spleen_left, flip_lr_header
@@ -135,18 +134,6 @@ def _voxels(img: nib.Nifti1Image, path: Path, what: str) -> np.ndarray:
 def label_names(organs: bool) -> dict[str, str]:
     """``dataset.json``'s ``labels``: the organ scheme, or background/spleen for spleen-only labels."""
     return {str(v): k for k, v in ORGAN_LABELS.items()} if organs else {"0": "background", "1": "spleen"}
-
-
-def split_cases(cases: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded shuffle, then the last ``round(n * val_fraction)`` cases (at least 1 when n > 1) validate."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    order = sorted(cases)
-    random.Random(seed).shuffle(order)
-    n_val = int(round(len(order) * val_fraction))
-    if val_fraction > 0 and len(order) > 1:
-        n_val = min(max(n_val, 1), len(order) - 1)
-    return sorted(order[: len(order) - n_val]), sorted(order[len(order) - n_val:])
 
 
 def build_dataset(images: str | os.PathLike, labels: str | os.PathLike, out: str | os.PathLike, *,

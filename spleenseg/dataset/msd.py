@@ -11,9 +11,11 @@ the fixed keys, and writes atomically with sorted keys (the same input gives the
 from __future__ import annotations
 
 import os
+import random
 from typing import Any, Sequence
 
 from spleenseg.dicom.nifti import write_json
+from spleenseg.errors import InputError
 
 DATASET_JSON = "dataset.json"
 
@@ -48,3 +50,21 @@ def rewrite_dataset_json(folder: str | os.PathLike, meta: dict[str, Any]) -> dic
     """Write an updated ``dataset.json`` (lists changed by the caller) with its counts made consistent again."""
     fixed = {k: v for k, v in meta.items() if k not in ("numTraining", "numTest")}
     return write_dataset_json(folder, **fixed)
+
+
+def split_cases(cases: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """The project's one train/validation split: a seeded shuffle of the sorted names, then the last
+    ``round(n * val_fraction)`` cases validate (at least 1 and at most n - 1 when n > 1 and the fraction is > 0).
+
+    Every dataset the project writes keeps the result in ``dataset.json``'s ``validation`` list, so training
+    reads the split from the file; the bundle's own fallback for a foreign dataset without that list
+    (``bundle/scripts/datalist.py``) rounds the same way.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    order = sorted(cases)
+    random.Random(seed).shuffle(order)
+    n_val = int(round(len(order) * val_fraction))
+    if val_fraction > 0 and len(order) > 1:
+        n_val = min(max(n_val, 1), len(order) - 1)
+    return sorted(order[: len(order) - n_val]), sorted(order[len(order) - n_val:])

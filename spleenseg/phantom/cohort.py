@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from spleenseg.errors import InputError
 from spleenseg.atomic import atomic_dir
-from spleenseg.dataset.msd import write_dataset_json
+from spleenseg.dataset.msd import split_cases, write_dataset_json
 from spleenseg.phantom.anatomy import make_phantom
 from spleenseg.phantom.dicom import write_dicom_study
 from spleenseg.phantom.nifti import write_nifti
@@ -113,9 +113,8 @@ def _dataset_fields(entries: list[dict[str, Any]], n_cases: int, seed: int, val_
                     fmt: str) -> dict[str, Any]:
     """What :func:`spleenseg.dataset.msd.write_dataset_json` gets for a cohort: lists, split and provenance."""
     train, test = entries[:n_cases], entries[n_cases:]
-    n_val = int(round(val_fraction * n_cases)) if n_cases > 1 else 0
-    n_val = min(max(n_val, 1 if val_fraction > 0 and n_cases > 1 else 0), n_cases - 1)
-    val_idx = set(np.random.default_rng([int(seed), 777]).choice(n_cases, size=n_val, replace=False).tolist())
+    _, val_cases = split_cases([e["case"] for e in train], val_fraction, seed)
+    val_idx = {i for i, e in enumerate(train) if e["case"] in set(val_cases)}
 
     def item(e: dict[str, Any]) -> dict[str, Any]:
         keys = ("image", "label") if fmt != "dicom" else ("dicom", "seg")
