@@ -47,3 +47,28 @@ def test_a_failing_command_is_named_by_its_log_and_the_others_still_run(tmp_path
     assert "good.log" not in str(err.value)
     assert (tmp_path / "bad.log").read_text().strip() == "broken"
     assert (tmp_path / "good.log").read_text().strip() == "fine"
+
+
+def test_overlay_is_layered_after_train_real_for_training_and_scoring(tmp_path: Path, monkeypatch) -> None:
+    """``--overlay`` reaches both commands of a fold, after ``train_real.json`` (later files override earlier
+    ones), so a recipe is scored with the same preprocessing it was trained with; a missing file is refused."""
+    from spleenseg.commands import validate_model
+
+    out = tmp_path / "loo"
+    (out / "phantoms").mkdir(parents=True)
+    (out / "phantoms" / "dataset.json").write_text("{}")
+    (out / "msd_spleen_8" / "real").mkdir(parents=True)
+    (out / "msd_spleen_8" / "real" / "dataset.json").write_text("{}")
+    overlay = tmp_path / "recipe.json"
+    overlay.write_text("{}")
+    commands: list[list[str]] = []
+    monkeypatch.setattr(validate_model, "_run", commands.append)
+    with pytest.raises(InputError, match="no finished fold"):
+        validate_model.run(out=str(out), folds="msd_spleen_8", overlay=str(overlay))
+    train, score = commands
+    for cmd in (train, score):
+        configs = cmd[cmd.index("--config_file") + 1]
+        assert configs.index("train_real.json") < configs.index(str(overlay.resolve()))
+    assert "evaluate.json" in score[score.index("--config_file") + 1]
+    with pytest.raises(InputError, match="no such config file"):
+        validate_model.run(out=str(out), folds="msd_spleen_8", overlay=str(tmp_path / "missing.json"))
