@@ -25,7 +25,7 @@ with warnings.catch_warnings():  # nibabel warns that its DICOM readers are expe
     warnings.simplefilter("ignore", UserWarning)
     from nibabel.nicom import dicomwrappers
 from pydicom.pixels import apply_modality_lut
-from highdicom.spatial import get_normal_vector, get_series_volume_positions
+from highdicom.spatial import get_normal_vector
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
@@ -178,25 +178,9 @@ def _sorted_stack(pairs: list[tuple[str, pydicom.Dataset]], label: str) -> _Stac
     )
 
 
-def is_regular_volume(stack: _Stack) -> bool:
-    """highdicom's verdict on a sorted stack (``get_series_volume_positions``) with this module's tolerances:
-    equally spaced to ``SPACING_RTOL``, stacked along the slice normal to ``TILT_TOL_DEG``, one orientation."""
-    try:
-        spacing, _ = get_series_volume_positions(
-            stack.datasets, rtol=SPACING_RTOL, perpendicular_tol=1.0 - float(np.cos(np.radians(TILT_TOL_DEG))),
-            orientation_tol=10 ** -ORIENTATION_DECIMALS, sort=False)
-    except (ValueError, AttributeError):  # a multi-frame object or a missing attribute: not a plain stack
-        return False
-    return spacing is not None
-
-
 def stack_problems(stack: _Stack, label: str) -> list[str]:
-    """Human-readable geometry problems of a sorted stack (empty list: a regular volume).
-
-    highdicom decides whether the stack is a regular volume; the checks below only say, in the project's words,
-    what is wrong with one that is not (duplicate positions, gantry tilt, uneven spacing).
-    """
-    if len(stack.paths) < 2 or is_regular_volume(stack):
+    """Human-readable geometry problems of a sorted stack (empty list: a regular volume)."""
+    if len(stack.paths) < 2:
         return []
     problems = []
     gaps = np.diff(stack.projections)
@@ -217,8 +201,6 @@ def stack_problems(stack: _Stack, label: str) -> list[str]:
         problems.append(f"uneven slice spacing: steps from {gaps.min():.3f} to {gaps.max():.3f} mm (median "
                         f"{np.median(gaps):.3f}); the odd step is between {stack.paths[i]} and {stack.paths[i + 1]}"
                         " (missing or extra slices?)")
-    if not problems:
-        problems.append("the slice positions do not form a regular volume (highdicom's get_series_volume_positions)")
     return problems
 
 
