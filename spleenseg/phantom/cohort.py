@@ -113,8 +113,8 @@ def _dataset_fields(entries: list[dict[str, Any]], n_cases: int, seed: int, val_
                     fmt: str) -> dict[str, Any]:
     """What :func:`spleenseg.dataset.msd.write_dataset_json` gets for a cohort: lists, split and provenance."""
     train, test = entries[:n_cases], entries[n_cases:]
-    _, val_cases = split_cases([e["case"] for e in train], val_fraction, seed)
-    val_idx = {i for i, e in enumerate(train) if e["case"] in set(val_cases)}
+    val_cases = set(split_cases([e["case"] for e in train], val_fraction, seed)[1])
+    val_idx = {i for i, e in enumerate(train) if e["case"] in val_cases}
 
     def item(e: dict[str, Any]) -> dict[str, Any]:
         keys = ("image", "label") if fmt != "dicom" else ("dicom", "seg")
