@@ -16,6 +16,7 @@ from monai.deploy.core.domain.dicom_series import DICOMSeries
 from deploy_app.operators.loader import CheckedDICOMDataLoaderOperator
 from deploy_app.volume_io import sort_and_load
 from spleenseg.dicom.volume import VolumeInfo, detached_copy, load_series_volume
+from spleenseg.errors import GeometryError
 
 
 def _loader() -> CheckedDICOMDataLoaderOperator:
@@ -129,3 +130,17 @@ def test_tiny_in_plane_drift_accepted_by_both_loaders(small_series):
     np.testing.assert_array_equal(volume.array, reference.array)
     assert sorted(ds.SOPInstanceUID for ds in ordered) == sorted(ds.SOPInstanceUID for ds in datasets)
     _assert_on_slices(volume, ordered, 0.06)
+
+
+def test_one_slice_displaced_in_plane_is_refused_by_both_loaders(small_series):
+    """One middle slice 3 mm off in plane (a slice of another position spliced in): the first-to-last tilt is
+    zero, so only the per-slice check (highdicom's get_series_volume_positions) sees it. Both loaders refuse the
+    series with one message instead of building a volume with that slice in the wrong place."""
+    datasets = [pydicom.dcmread(p) for p in small_series]
+    middle = datasets[len(datasets) // 2]
+    position = [float(v) for v in middle.ImagePositionPatient]
+    position[1] += 3.0
+    middle.ImagePositionPatient = position
+    for load in (load_series_volume, lambda ds: sort_and_load(ds, str(ds[0].SeriesInstanceUID))):
+        with pytest.raises(GeometryError, match="displaced in its own plane"):
+            load(datasets)
