@@ -79,3 +79,33 @@ def test_thick_slices_blur_along_patient_z_only() -> None:
     assert np.allclose(spread[9:12], 1 / 3) and spread[:9].sum() == 0 and spread[12:].sum() == 0
     assert float(out[0, 3, 4].abs().sum()) == 0.0 and float(out[0, 4, 3].abs().sum()) == 0.0
     assert isinstance(out, MetaTensor) and torch.equal(out.affine, image.affine)
+
+
+def test_zoom_overlay_magnifies_real_patches_after_the_crop(monkeypatch) -> None:
+    """train_zoom.json, layered after train_realaug.json: the zoom runs on the cropped patch, only ever magnifies
+    (so no padded border enters a patch), keeps the patch size and label values, and flips nothing."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import RandZoomd
+
+    from spleenseg.paths import BUNDLE_DIR
+
+    configs = BUNDLE_DIR / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / name) for name in
+                        ("train.json", "train_real.json", "train_realaug.json", "train_zoom.json")])
+    parser.update({"bundle_root": str(BUNDLE_DIR), "train#zoom#prob": 1.0})
+    monkeypatch.syspath_prepend(str(BUNDLE_DIR))
+    parser.get_parsed_content("initialize")
+    names = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+    assert names.index("RandCropByPosNegLabeld") < names.index("RandZoomd") < names.index("RandAffined")
+    assert not any("Flip" in n or "Rotate90" in n for n in names)
+    zoom = parser.get_parsed_content("train#zoom")
+    assert isinstance(zoom, RandZoomd) and zoom.rand_zoom.min_zoom[0] >= 1.0
+    image, label = _patch()
+    before = float(label.sum())
+    for seed in range(3):
+        zoom.set_random_state(seed)
+        out = zoom({"image": image.clone(), "label": label.clone()})
+        assert out["label"].shape == label.shape
+        assert set(torch.unique(out["label"]).tolist()) <= {0.0, 1.0}
+        assert float(out["label"].sum()) >= before
