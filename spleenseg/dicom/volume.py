@@ -182,7 +182,7 @@ def _sorted_stack(pairs: list[tuple[str, pydicom.Dataset]], label: str) -> _Stac
 
 def is_regular_volume(stack: _Stack) -> bool:
     """highdicom's verdict (``get_series_volume_positions``) on a sorted stack: no duplicate positions, spacing
-    equal to ``SPACING_RTOL``, and every slice's offset from the first along the normal (highdicom's default
+    equal to within ``SPACING_RTOL``, and every slice's offset from the first along the normal (highdicom's default
     tolerance, about 2.6 degrees: it accepts the few-hundredths-of-a-mm in-plane jitter of some exports at
     a 4 mm step and refuses a slice displaced by millimetres)."""
     try:  # sort=True although the stack is sorted: highdicom de-duplicates with np.unique, which reorders
@@ -203,7 +203,6 @@ def stack_problems(stack: _Stack, label: str) -> list[str]:
     if len(stack.paths) < 2:
         return []
     problems = []
-    regular = is_regular_volume(stack)
     gaps = np.diff(stack.projections)
     dup = np.flatnonzero(gaps < POSITION_TOL_MM)
     if dup.size:
@@ -216,7 +215,7 @@ def stack_problems(stack: _Stack, label: str) -> list[str]:
     tilt = float(np.degrees(np.arccos(min(1.0, cos))))
     if tilt > TILT_TOL_DEG:
         problems.append(f"gantry tilt: slices are stacked {tilt:.2f} degrees off their normal")
-    if regular:
+    if is_regular_volume(stack):  # asked only here: a stack with duplicate positions has returned above
         return problems
     mean = float(gaps.mean())
     if np.abs(gaps - mean).max() > SPACING_RTOL * mean:
